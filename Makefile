@@ -1,0 +1,22 @@
+# Fresh machine: `make demo` (install, then the offline end-to-end demo) or `make test`.
+PYTHON ?= python3
+PYTEST_ARGS ?=
+
+.PHONY: install test demo bench clean
+
+install:
+	PYTHON=$(PYTHON) bash scripts/install.sh
+
+test: install
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	dhmd-pipeline demo
+
+bench: install
+	$(PYTHON) bench/model_step.py
+	$(PYTHON) bench/extract.py
+	$(PYTHON) bench/predict.py
+
+clean:
+	rm -rf data/cache/* data/runs/* data/demo/* .pytest_cache

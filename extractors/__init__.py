@@ -1,0 +1,1 @@
+"""Feature extractors: video/audio decoding, transcripts, text, face, acoustic, alignment."""

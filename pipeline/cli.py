@@ -1,0 +1,181 @@
+"""The ``dhmd-pipeline`` command line: parses arguments, builds the config once, calls a stage.
+
+Each subcommand's work lives in its own module (``pipeline.extract_stage``, ``pipeline.train``, ...);
+this file only wires options to those functions and turns errors into exit statuses:
+0 success, 1 runtime failure, 2 usage or config error, 3 some inputs failed.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.errors import NotBuiltError, UserError
+
+log = logging.getLogger("dhmd_pipeline")
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    for noisy in ("faster_whisper", "transformers", "numba", "matplotlib", "PIL", "absl", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def common_options(fn: Callable) -> Callable:
+    """--config/--set/-v/--quiet/--debug for every subcommand; builds the config and handles errors."""
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                  default=None, help="Settings file (default: pipeline.toml of this project).")
+    @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                  help="Override one setting, e.g. --set train.epochs=8 (repeatable).")
+    @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+    @click.option("--quiet", is_flag=True, help="Only warnings and errors.")
+    @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+    @functools.wraps(fn)
+    def wrapper(config_path: Path | None, overrides: tuple[str, ...], verbose: int, quiet: bool,
+                debug: bool, **kwargs: Any) -> None:
+        _setup_logging(verbose, quiet)
+        try:
+            cfg = load_config(config_path, overrides)
+            code = fn(cfg, **kwargs)
+        except ConfigError as e:
+            if debug:
+                raise
+            click.echo(f"config error: {e}", err=True)
+            sys.exit(2)
+        except UserError as e:
+            if debug:
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; rerun the same command to resume", err=True)
+            sys.exit(130)
+        sys.exit(int(code or 0))
+
+    return wrapper
+
+
+def _stage(module: str, function: str, command: str) -> Callable:
+    """Import a stage implementation lazily, so --help never loads torch."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            raise NotBuiltError(command) from None
+        raise
+    fn = getattr(mod, function, None)
+    if fn is None:
+        raise NotBuiltError(command)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dhmd-pipeline")
+def main() -> None:
+    """From a folder of raw video clips to a trained DHMD model and predictions.
+
+    \b
+      dhmd-pipeline extract videos/      transcript, BERT tokens, face and acoustic features
+      dhmd-pipeline train                train DHMD on the extracted cache (or an MMSA pickle)
+      dhmd-pipeline predict clip.mp4     sentiment for new clips, with explanations
+    """
+
+
+@main.command()
+@click.argument("videos_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache folder (default: extract.out, data/cache).")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="CSV of clip_id,label[,text,split] (MMSA-FET label.csv also accepted).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Clips processed in parallel (default: extract.workers).")
+@common_options
+def extract(cfg: PipelineConfig, videos_dir: Path, out: Path | None, labels: Path | None,
+            workers: int | None) -> int:
+    """Extract transcript, text, face and acoustic features from every clip in VIDEOS_DIR."""
+    run = _stage("pipeline.extract_stage", "run_extract", "extract")
+    return run(cfg, videos_dir=videos_dir, out=out, labels=labels, workers=workers)
+
+
+@main.command()
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Cache folder from extract, or an MMSA pickle (default: train.data).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder (default: data/runs/<timestamp>).")
+@click.option("--preset", type=click.Choice(["mosi", "mosei", "urfunny", "mustard"]), default=None,
+              help="The paper's settings for a dataset (Table 1, Section 4).")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Continue a killed run from DIR/last.pt.")
+@click.option("--seeds", type=str, default=None, help="Comma-separated seeds, one run each, e.g. 1,2,3.")
+@common_options
+def train(cfg: PipelineConfig, data: Path | None, out: Path | None, preset: str | None,
+          resume: Path | None, seeds: str | None) -> int:
+    """Train DHMD on extracted features or an MMSA pickle."""
+    run = _stage("pipeline.train", "run_train", "train")
+    return run(cfg, data=data, out=out, preset=preset, resume=resume, seeds=seeds)
+
+
+@main.command()
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="A best.pt or last.pt from train.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Cache folder or MMSA pickle (default: the data the checkpoint was trained on).")
+@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@common_options
+def evaluate(cfg: PipelineConfig, checkpoint: Path, data: Path | None, split: str, as_json: bool) -> int:
+    """Evaluate a checkpoint on a data split and print its metrics."""
+    run = _stage("pipeline.evaluate", "run_evaluate", "evaluate")
+    return run(cfg, checkpoint=checkpoint, data=data, split=split, as_json=as_json)
+
+
+@main.command()
+@click.argument("clips", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Model to use (default: newest data/runs/*/best.pt).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per clip.")
+@click.option("--explain", "explain_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write a PNG per clip with edge matrices and a timeline.")
+@common_options
+def predict(cfg: PipelineConfig, clips: tuple[Path, ...], checkpoint: Path | None, as_json: bool,
+            explain_dir: Path | None) -> int:
+    """Predict sentiment for one or more clips, with explanations."""
+    run = _stage("pipeline.predict", "run_predict", "predict")
+    return run(cfg, clips=list(clips), checkpoint=checkpoint, as_json=as_json, explain_dir=explain_dir)
+
+
+@main.command()
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Cache folder from extract (default: train.data).")
+@click.option("--format", "fmt", type=click.Choice(["mmsa"]), default="mmsa", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output file.")
+@common_options
+def export(cfg: PipelineConfig, data: Path | None, fmt: str, out: Path) -> int:
+    """Write extracted features in the MMSA pickle layout."""
+    run = _stage("pipeline.export", "run_export", "export")
+    return run(cfg, data=data, fmt=fmt, out=out)
+
+
+@main.command()
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the demo corpus, cache and run go (default: demo.workdir).")
+@click.option("--sentences", type=click.IntRange(4, 10000), default=None,
+              help="Use only this many sentences (a shrunk demo).")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=None, help="Training epochs.")
+@common_options
+def demo(cfg: PipelineConfig, workdir: Path | None, sentences: int | None, epochs: int | None) -> int:
+    """Build an offline labelled corpus, then extract -> train -> evaluate -> predict."""
+    run = _stage("pipeline.demo", "run_demo", "demo")
+    return run(cfg, workdir=workdir, sentences=sentences, epochs=epochs)
+
+
+if __name__ == "__main__":
+    main()
