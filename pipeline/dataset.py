@@ -1,0 +1,579 @@
+"""From stored features to model inputs: samples, batches, splits, feature specs and normalisation.
+
+Two kinds of data feed training, evaluation and export with the same sample format:
+
+* a cache folder made by ``extract`` (``entries/*.npz``, ``manifest.jsonl``, ``labels.csv``), read
+  with :func:`sample_from_clip` per entry in the configured ``[align] mode``;
+* an MMSA pickle (:mod:`pipeline.mmsa`), read with :func:`load_mmsa`.
+
+A *sample* is a dict of numpy arrays for one clip::
+
+    text (Tt, Dt) float32    audio (Ta, Da) float32    video (Tv, Dv) float32
+    text_bert (3, Tt) int64  (ids / attention mask / segment ids, for BERT fine-tuning)
+    text_mask, audio_mask, video_mask (T,) bool   True = real frame (absent = all real)
+    label (float score or int class), id (str)    when known
+
+Unaligned: each modality at its own rate; in a cache sample the video mask is the face mask (frames
+without a face stay in place as zero rows and are masked, so time never shifts).  Aligned: audio and
+video frames are averaged per word (:mod:`extractors.alignment`, faceless frames left out) and copied to
+the word's tokens, so all three have the text's length; every mask is then the text mask, as in MMSA's
+aligned files (special tokens carry zero audio/video).
+
+:func:`collate` pads a list of samples into tensors.  :class:`Normalizer` holds per-feature mean and
+standard deviation of audio and video over the real frames of the training split; text features are
+BERT hidden states, already on a common scale, and are left as they are (as MMSA does).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from pipeline.cache import ClipFeatures
+    from pipeline.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("text", "audio", "video")
+SPLITS = ("train", "valid", "test")
+SENTIMENT_CLASSES = ("highly negative", "negative", "weakly negative", "neutral", "weakly positive",
+                     "positive", "highly positive")
+STD_FLOOR = 1e-6
+DEFAULT_AUDIO_RATE_HZ = 12.5
+DEFAULT_FPS = 15.0
+
+
+# ------------------------------------------------------------------------------------------ samples
+
+def _period(rate: Any, times: np.ndarray, default_rate: float) -> float:
+    """Seconds between frames: from the spec's rate, else from the time stamps, else the default."""
+    try:
+        if rate and float(rate) > 0:
+            return 1.0 / float(rate)
+    except (TypeError, ValueError):
+        pass
+    if times.size > 1:
+        step = float(np.median(np.diff(np.sort(times))))
+        if step > 0:
+            return step
+    return 1.0 / default_rate
+
+
+def sample_from_clip(clip: "ClipFeatures", align_mode: str) -> dict[str, np.ndarray]:
+    """Model inputs of one cache entry in ``align_mode`` ("aligned" | "unaligned"); see the module doc."""
+    if align_mode not in ("aligned", "unaligned"):
+        raise ValueError(f"align mode must be 'aligned' or 'unaligned', got {align_mode!r}")
+    text = np.asarray(clip.text_features, dtype=np.float32)
+    text_mask = np.asarray(clip.text_mask).astype(bool).reshape(-1)
+    text_bert = np.stack([np.asarray(clip.text_ids, dtype=np.int64).reshape(-1),
+                          np.asarray(clip.text_mask, dtype=np.int64).reshape(-1),
+                          np.asarray(clip.text_segment, dtype=np.int64).reshape(-1)])
+    audio = np.nan_to_num(np.asarray(clip.audio_features, dtype=np.float32))
+    video = np.nan_to_num(np.asarray(clip.video_features, dtype=np.float32))
+    face = np.asarray(clip.face_mask, dtype=bool).reshape(-1)
+    if face.shape[0] != video.shape[0]:
+        raise ValueError(f"{clip.clip_id}: {video.shape[0]} video frames but {face.shape[0]} face-mask values")
+    sample: dict[str, Any] = {"text": text, "text_bert": text_bert, "text_mask": text_mask,
+                              "id": str(clip.clip_id)}
+    if align_mode == "unaligned":
+        sample.update(audio=audio, audio_mask=np.ones(audio.shape[0], dtype=bool),
+                      video=video, video_mask=face)
+        return sample
+
+    from extractors.alignment import align_to_tokens
+
+    spec = (clip.meta or {}).get("spec", {}) or {}
+    a_times = np.asarray(clip.audio_times, dtype=np.float64).reshape(-1)
+    v_times = np.asarray(clip.video_times, dtype=np.float64).reshape(-1)
+    words = (np.asarray(clip.word_start, dtype=np.float64), np.asarray(clip.word_end, dtype=np.float64))
+    index = np.asarray(clip.token_word_index)
+    sample["audio"] = align_to_tokens(audio, a_times, *words, index,
+                                      _period(spec.get("audio_rate_hz"), a_times, DEFAULT_AUDIO_RATE_HZ))
+    sample["video"] = align_to_tokens(video[face], v_times[face], *words, index,
+                                      _period(spec.get("fps"), v_times, DEFAULT_FPS))
+    sample["audio_mask"] = text_mask.copy()
+    sample["video_mask"] = text_mask.copy()
+    return sample
+
+
+def _pad(arrays: list[np.ndarray], masks: list[np.ndarray | None], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    length = max([1] + [a.shape[0] for a in arrays])
+    x = np.zeros((len(arrays), length, dim), dtype=np.float32)
+    m = np.zeros((len(arrays), length), dtype=bool)
+    for i, (a, mask) in enumerate(zip(arrays, masks)):
+        n = a.shape[0]
+        x[i, :n] = a
+        m[i, :n] = True if mask is None else np.asarray(mask, dtype=bool)[:n]
+    return x, m
+
+
+def collate(samples: list[dict]) -> dict[str, "torch.Tensor"]:
+    """Pad samples into a batch: text/audio/video (B, T, D) float32 zero-padded, *_mask (B, T) bool
+    (True = real frame), text_bert (B, 3, Tt) int64, labels (B,) when every sample has one, ids (list).
+
+    Every padded length is at least 1 (a batch of clips without audio gets one masked zero frame).
+    """
+    import torch
+
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    batch: dict[str, Any] = {}
+    for name in MODALITIES:
+        arrays = [np.asarray(s[name], dtype=np.float32) for s in samples]
+        dims = {a.shape[1] for a in arrays}
+        if len(dims) != 1:
+            raise ValueError(f"{name} features of different widths in one batch: {sorted(dims)}")
+        x, m = _pad(arrays, [s.get(f"{name}_mask") for s in samples], dims.pop())
+        batch[name] = torch.from_numpy(x)
+        batch[f"{name}_mask"] = torch.from_numpy(m)
+    if all("text_bert" in s for s in samples):
+        length = batch["text"].shape[1]
+        tb = np.zeros((len(samples), 3, length), dtype=np.int64)
+        for i, s in enumerate(samples):
+            ids = np.asarray(s["text_bert"], dtype=np.int64)[:, :length]
+            tb[i, :, :ids.shape[1]] = ids
+        batch["text_bert"] = torch.from_numpy(tb)
+    if all("label" in s for s in samples):
+        labels = [s["label"] for s in samples]
+        if all(isinstance(v, (int, np.integer)) for v in labels):
+            batch["labels"] = torch.tensor(labels, dtype=torch.int64)
+        else:
+            batch["labels"] = torch.tensor([float(v) for v in labels], dtype=torch.float32)
+    batch["ids"] = [str(s.get("id", i)) for i, s in enumerate(samples)]
+    return batch
+
+
+# ------------------------------------------------------------------------------------------ normaliser
+
+class Normalizer:
+    """Per-feature standardisation of audio and video with statistics of the training split.
+
+    ``apply`` returns a new sample: ``(x - mean) / std`` at real frames, exactly 0 at masked frames.
+    """
+
+    def __init__(self, stats: dict[str, tuple[np.ndarray, np.ndarray]]):
+        self.stats = {k: (np.asarray(m, dtype=np.float32), np.asarray(s, dtype=np.float32))
+                      for k, (m, s) in stats.items()}
+
+    @classmethod
+    def fit(cls, samples: Sequence[dict], modalities: Sequence[str] = ("audio", "video"),
+            floor: float = STD_FLOOR) -> "Normalizer":
+        """Mean and std (floored at ``floor``) over the real frames of ``samples``."""
+        stats = {}
+        for name in modalities:
+            dim = np.asarray(samples[0][name]).shape[1] if samples else 0
+            total = np.zeros(dim, dtype=np.float64)
+            squares = np.zeros(dim, dtype=np.float64)
+            count = 0
+            for s in samples:
+                x = np.asarray(s[name], dtype=np.float64)
+                mask = s.get(f"{name}_mask")
+                if mask is not None:
+                    x = x[np.asarray(mask, dtype=bool)[:x.shape[0]]]
+                total += x.sum(axis=0)
+                squares += np.square(x).sum(axis=0)
+                count += x.shape[0]
+            mean = total / max(count, 1)
+            var = np.maximum(squares / max(count, 1) - np.square(mean), 0.0)
+            std = np.maximum(np.sqrt(var), floor) if count else np.ones(dim)
+            stats[name] = (mean, std)
+        return cls(stats)
+
+    def apply(self, sample: dict) -> dict:
+        out = dict(sample)
+        for name, (mean, std) in self.stats.items():
+            x = np.asarray(sample[name], dtype=np.float32)
+            if x.shape[1] != mean.shape[0]:
+                raise ValueError(f"{name} features have {x.shape[1]} dims, the normaliser {mean.shape[0]}")
+            y = (x - mean) / std
+            mask = sample.get(f"{name}_mask")
+            if mask is not None:
+                y[~np.asarray(mask, dtype=bool)[:y.shape[0]]] = 0.0
+            out[name] = y.astype(np.float32)
+        return out
+
+    def state(self) -> dict[str, dict[str, list[float]]]:
+        """Plain lists (checkpoint content loadable with ``torch.load(weights_only=True)``)."""
+        return {k: {"mean": [float(v) for v in m], "std": [float(v) for v in s]}
+                for k, (m, s) in self.stats.items()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, dict[str, Any]]) -> "Normalizer":
+        return cls({k: (np.asarray(v["mean"]), np.asarray(v["std"])) for k, v in state.items()})
+
+
+# ------------------------------------------------------------------------------------------ labels
+
+def label_scheme(task: str, n_classes: int) -> dict[str, Any]:
+    """What the labels mean: regression scores in [-3, 3] read as 7 classes, or class indices."""
+    if task == "regression":
+        return {"task": "regression", "range": [-3.0, 3.0], "n_classes": 7,
+                "class_names": list(SENTIMENT_CLASSES),
+                "class_rule": "round half to even of the score clipped to [-3, 3]; -3 = highly negative"}
+    return {"task": task, "n_classes": int(n_classes), "class_names": [str(i) for i in range(n_classes)]}
+
+
+def score_class(score: float) -> str:
+    """The 7-class sentiment name of a score (round half to even of the clipped score)."""
+    return SENTIMENT_CLASSES[int(np.round(np.clip(score, -3.0, 3.0))) + 3]
+
+
+def _label_value(value: float, task: str, n_classes: int, where: str) -> float | int:
+    if task == "regression":
+        return float(value)
+    if value != round(value) or not 0 <= value < n_classes:
+        raise UserError(f"{where}: label {value!r} is not a class index in 0..{n_classes - 1} "
+                        f"(model.task={task!r}; scores need model.task=\"regression\")", exit_code=2)
+    return int(value)
+
+
+# ------------------------------------------------------------------------------------------ splits
+
+def split_by_group(groups: Sequence[str], fractions: Sequence[float], seed: int) -> list[str]:
+    """A split name per item such that all items of one group share a split; seeded and deterministic.
+
+    Groups are shuffled with ``seed`` and dealt out in order: a group goes to the split whose share of
+    the cumulative fractions holds the middle of the group's items.  A split with a positive fraction
+    that ends up empty takes a group from the largest split when that one has more than one group.
+    """
+    fr = np.asarray(fractions, dtype=np.float64)
+    if fr.shape != (3,) or np.any(fr < 0) or fr.sum() <= 0:
+        raise UserError(f"train.split must be three non-negative fractions, got {list(fractions)}", exit_code=2)
+    fr = fr / fr.sum()
+    names = sorted(set(groups))
+    sizes = {g: 0 for g in names}
+    for g in groups:
+        sizes[g] += 1
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    bounds = np.cumsum(fr) * len(groups)
+    assign: dict[str, int] = {}
+    done = 0
+    for g in order:
+        middle = done + sizes[g] / 2.0
+        assign[g] = int(min(np.searchsorted(bounds, middle, side="right"), 2))
+        done += sizes[g]
+    for k in range(3):
+        if fr[k] > 0 and not any(v == k for v in assign.values()):
+            per = [[g for g in order if assign[g] == j] for j in range(3)]
+            donor = max(range(3), key=lambda j: (len(per[j]), -j))
+            if len(per[donor]) > 1:
+                assign[per[donor][-1]] = k
+    return [SPLITS[assign[g]] for g in groups]
+
+
+# ------------------------------------------------------------------------------------------ specs
+
+def clip_spec(clip: "ClipFeatures", align_mode: str) -> dict[str, Any]:
+    """The feature spec of one cache entry (see :func:`feature_spec`)."""
+    stored = dict((clip.meta or {}).get("spec") or {})
+    spec: dict[str, Any] = {"source": "cache", "align": align_mode}
+    if stored:
+        spec.update(stored)
+    else:   # an entry without a stored spec: describe what it holds
+        spec.update(text_dim=int(np.asarray(clip.text_features).shape[1]),
+                    audio_dim=int(np.asarray(clip.audio_features).shape[1]),
+                    video_dim=int(np.asarray(clip.video_features).shape[1]),
+                    audio_names=list(clip.audio_names), video_names=list(clip.video_names))
+    return spec
+
+
+def feature_spec(clips: Iterable["ClipFeatures"], align_mode: str) -> dict[str, Any]:
+    """What the features of cache entries look like: the extractors' spec stored in each entry
+    (text_model, text_dim, audio_dim, video_dim, audio_names, video_names, face_backend, fps,
+    audio_rate_hz) plus ``source`` "cache" and ``align``.  Entries that disagree raise UserError."""
+    spec: dict[str, Any] | None = None
+    first = None
+    for clip in clips:
+        s = clip_spec(clip, align_mode)
+        if spec is None:
+            spec, first = s, clip.clip_id
+        elif s != spec:
+            raise UserError(f"cache entries were made with different extraction settings: {first} has "
+                            f"{spec_difference_text(spec, s)}; {clip.clip_id} differs (re-run extract into an "
+                            f"empty folder)", exit_code=2)
+    if spec is None:
+        raise UserError("no cache entries to describe", exit_code=2)
+    return spec
+
+
+def mmsa_spec(text_dim: int, audio_dim: int, video_dim: int, aligned: bool) -> dict[str, Any]:
+    """The feature spec of an MMSA pickle."""
+    return {"source": "mmsa", "text_dim": int(text_dim), "audio_dim": int(audio_dim),
+            "video_dim": int(video_dim), "align": "aligned" if aligned else "unaligned"}
+
+
+def spec_difference_text(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """``key: a != b`` for every differing key, '; '-joined (long lists shortened)."""
+    def short(v: Any) -> str:
+        text = repr(v)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    keys = sorted(set(a) | set(b))
+    return "; ".join(f"{k}: {short(a.get(k))} != {short(b.get(k))}" for k in keys if a.get(k) != b.get(k))
+
+
+# ------------------------------------------------------------------------------------------ data sets
+
+@dataclass
+class DataBundle:
+    """Samples of every split plus what describes them."""
+
+    source: str                                    # "cache" | "mmsa"
+    path: Path
+    align_mode: str
+    spec: dict[str, Any]
+    splits: dict[str, list[dict]]
+    extract_settings: dict[str, Any] | None = None  # the cache entries' extraction settings
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        for samples in self.splits.values():
+            if samples:
+                s = samples[0]
+                return tuple(int(np.asarray(s[m]).shape[1]) for m in MODALITIES)  # type: ignore[return-value]
+        raise UserError(f"{self.path}: no samples", exit_code=2)
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(self.splits.get(k, [])) for k in SPLITS}
+
+
+class SampleDataset:
+    """A torch-style map dataset over samples, normalised on access (keeps one copy in memory)."""
+
+    def __init__(self, samples: Sequence[dict], normalizer: Normalizer | None = None):
+        self.samples = list(samples)
+        self.normalizer = normalizer
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.samples[i]
+        return self.normalizer.apply(s) if self.normalizer is not None else s
+
+
+def load_data(path: Path, cfg: "PipelineConfig") -> DataBundle:
+    """A cache folder or an MMSA pickle at ``path``, read with ``cfg``'s align mode, task and split."""
+    path = Path(path)
+    if path.is_dir():
+        return load_cache(path, cfg)
+    if path.is_file():
+        return load_mmsa(path, cfg)
+    raise UserError(f"{path}: no such data (expected a cache folder from 'dhmd-pipeline extract' or an "
+                    f"MMSA .pkl file)", exit_code=2)
+
+
+def _entry_from_record(cache_dir: Path, rec: dict[str, Any]) -> Path | None:
+    """The entry file a manifest record names (field ``entry``: a path; or ``key``)."""
+    for name in ("entry", "entry_path", "entry_file"):
+        value = rec.get(name)
+        if value:
+            p = Path(value)
+            for cand in (p, cache_dir / p, cache_dir / "entries" / p.name):
+                if cand.is_file():
+                    return cand
+    for name in ("key", "entry_key"):
+        value = rec.get(name)
+        if value and (cache_dir / "entries" / f"{value}.npz").is_file():
+            return cache_dir / "entries" / f"{value}.npz"
+    return None
+
+
+def find_entries(cache_dir: Path) -> dict[str, Path]:
+    """clip_id -> entry file: from the manifest's records when they name their entries, else by
+    reading the clip id in every ``entries/*.npz`` (the newest entry wins for a clip id)."""
+    import json
+
+    from pipeline.cache import read_manifest
+
+    cache_dir = Path(cache_dir)
+    found: dict[str, Path] = {}
+    records = read_manifest(cache_dir)
+    unresolved = 0
+    for rec in records:
+        if rec.get("status") not in (None, "ok", "cached"):
+            continue
+        entry = _entry_from_record(cache_dir, rec)
+        if entry is None or not rec.get("clip_id"):
+            unresolved += 1
+            continue
+        found[str(rec["clip_id"])] = entry
+    if found and not unresolved:
+        return found
+    scanned: dict[str, tuple[float, Path]] = {}
+    for p in sorted((cache_dir / "entries").glob("*.npz")):
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                clip_id = str(json.loads(str(z["meta_json"]))["clip_id"])
+        except Exception as e:  # noqa: BLE001 - a damaged entry is reported and skipped
+            log.warning("%s: unreadable cache entry skipped (%s)", p, e)
+            continue
+        mtime = p.stat().st_mtime
+        if clip_id not in scanned or mtime > scanned[clip_id][0]:
+            scanned[clip_id] = (mtime, p)
+    for clip_id, (_, p) in scanned.items():
+        found.setdefault(clip_id, p)
+    return found
+
+
+def _extract_settings(clip: "ClipFeatures") -> dict[str, Any] | None:
+    settings = (clip.meta or {}).get("settings")
+    if not isinstance(settings, dict):
+        return None
+    return {k: v for k, v in settings.items() if k not in ("clip_id", "label_text", "sidecar")}
+
+
+def load_cache(cache_dir: Path, cfg: "PipelineConfig") -> DataBundle:
+    """The labelled clips of a cache folder, split by labels.csv or by source video (seeded)."""
+    from pipeline.cache import load_entry
+    from pipeline.labels import read_labels
+
+    cache_dir = Path(cache_dir)
+    labels_path = cache_dir / "labels.csv"
+    if not labels_path.is_file():
+        raise UserError(f"{cache_dir}: no labels.csv in the cache folder; run 'dhmd-pipeline extract "
+                        f"VIDEOS --out {cache_dir} --labels LABELS.csv' to train on it", exit_code=2)
+    rows = {r["clip_id"]: r for r in read_labels(labels_path)}
+    entries = find_entries(cache_dir)
+    if not entries:
+        raise UserError(f"{cache_dir}: no cache entries (entries/*.npz); run 'dhmd-pipeline extract' first",
+                        exit_code=2)
+    unlabelled = sorted(set(entries) - set(rows))
+    missing = sorted(set(rows) - set(entries))
+    if unlabelled:
+        log.warning("%d clips without a label skipped (e.g. %s)", len(unlabelled), unlabelled[0])
+    if missing:
+        log.warning("%d labelled clips have no cache entry (failed or not extracted; e.g. %s)",
+                    len(missing), missing[0])
+    ids = sorted(set(entries) & set(rows))
+    if not ids:
+        raise UserError(f"{cache_dir}: none of the {len(entries)} extracted clips has a label in "
+                        f"{labels_path}", exit_code=2)
+
+    mode, task, n_classes = cfg.align.mode, cfg.model.task, cfg.model.n_classes
+    samples: dict[str, dict] = {}
+    spec: dict[str, Any] | None = None
+    settings = None
+    first = None
+    from tqdm import tqdm
+
+    for clip_id in tqdm(ids, desc="load cache", unit="clip", disable=None, leave=False):
+        try:
+            clip = load_entry(entries[clip_id])
+        except Exception as e:  # noqa: BLE001 - name the file
+            raise UserError(f"{entries[clip_id]}: cannot read cache entry ({e}); run extract again",
+                            exit_code=1) from None
+        s = clip_spec(clip, mode)
+        if spec is None:
+            spec, first, settings = s, clip_id, _extract_settings(clip)
+        elif s != spec:
+            raise UserError(f"{cache_dir}: entries made with different extraction settings ({first} vs "
+                            f"{clip_id}: {spec_difference_text(spec, s)}); extract into one folder per "
+                            f"setting", exit_code=2)
+        sample = sample_from_clip(clip, mode)
+        sample["id"] = clip_id
+        sample["raw_text"] = clip.transcript
+        sample["video_id"] = rows[clip_id].get("video_id")
+        sample["label"] = _label_value(rows[clip_id]["label"], task, n_classes, f"{labels_path} ({clip_id})")
+        samples[clip_id] = sample
+
+    given = {i: rows[i].get("split") for i in ids}
+    without = [i for i in ids if not given[i]]
+    if without:
+        groups = [str(rows[i].get("video_id") or i) for i in without]
+        if len(without) < len(ids):
+            log.warning("%d of %d clips have no split in labels.csv: splitting those by source video",
+                        len(without), len(ids))
+        for i, name in zip(without, split_by_group(groups, cfg.train.split, cfg.train.split_seed)):
+            given[i] = name
+    splits = {k: [samples[i] for i in ids if given[i] == k] for k in SPLITS}
+    assert spec is not None
+    return DataBundle(source="cache", path=cache_dir, align_mode=mode, spec=spec, splits=splits,
+                      extract_settings=settings,
+                      skipped={"unlabelled": len(unlabelled), "not_extracted": len(missing)})
+
+
+def _trim(mask: np.ndarray) -> int:
+    """Length up to the last real frame (at least 1 when any frame exists)."""
+    real = np.flatnonzero(mask)
+    return int(real[-1]) + 1 if real.size else min(1, mask.shape[0])
+
+
+def load_mmsa(path: Path, cfg: "PipelineConfig") -> DataBundle:
+    """The splits of an MMSA pickle as samples (see :mod:`pipeline.mmsa`)."""
+    from pipeline.mmsa import clean, is_aligned, read_pickle, split_labels
+
+    path = Path(path)
+    data = read_pickle(path)
+    aligned = is_aligned(data)
+    mode = "aligned" if aligned else "unaligned"
+    if mode != cfg.align.mode:   # a pickle's alignment is fixed: warn when aligned was asked for
+        log.log(logging.WARNING if cfg.align.mode == "aligned" else logging.INFO,
+                "%s is an %s MMSA file: it is used as such ([align] mode = %r applies to caches)", path, mode,
+                cfg.align.mode)
+    finetune = cfg.model.finetune_bert
+    splits: dict[str, list[dict]] = {k: [] for k in SPLITS}
+    dims: tuple[int, int, int] | None = None
+    for name, split in data.items():
+        where = f"{path} [{name}]"
+        labels = split_labels(split, cfg.model.task, where)
+        if cfg.model.task != "regression" and labels.size and labels.max() >= cfg.model.n_classes:
+            raise UserError(f"{where}: class label {int(labels.max())} but model.n_classes = "
+                            f"{cfg.model.n_classes}", exit_code=2)
+        audio, vision = clean(split["audio"]), clean(split["vision"])
+        text = clean(split["text"]) if "text" in split else None
+        bert = np.asarray(split["text_bert"]).astype(np.int64) if "text_bert" in split else None
+        if text is None and not finetune:
+            raise UserError(f"{where}: no 'text' features (only text_bert ids); set model.finetune_bert=true "
+                            f"to train BERT on the ids", exit_code=2)
+        if bert is None and finetune:
+            raise UserError(f"{where}: model.finetune_bert needs 'text_bert' ids, which this pickle lacks",
+                            exit_code=2)
+        n = labels.shape[0]
+        if text is None:   # a one-wide zero placeholder: the model's BERT reads the ids instead
+            text = np.zeros((n, bert.shape[2], 1), dtype=np.float32)
+        t_len = text.shape[1]
+        for arr, key in ((text, "text"), (audio, "audio"), (vision, "vision")):
+            if arr.shape[0] != n:
+                raise UserError(f"{where}: {key} has {arr.shape[0]} rows but there are {n} labels", exit_code=2)
+        d = (text.shape[2], audio.shape[2], vision.shape[2])
+        if dims is not None and d != dims:
+            raise UserError(f"{path}: splits have different feature sizes {dims} and {d}", exit_code=2)
+        dims = d
+        a_len = np.asarray(split.get("audio_lengths", np.full(n, audio.shape[1]))).astype(np.int64)
+        v_len = np.asarray(split.get("vision_lengths", np.full(n, vision.shape[1]))).astype(np.int64)
+        ids = split.get("id")
+        raw = split.get("raw_text")
+        for i in range(n):
+            t_mask = bert[i, 1] > 0 if bert is not None else np.ones(t_len, dtype=bool)
+            lt = _trim(t_mask)
+            s: dict[str, Any] = {"text": text[i, :lt], "text_mask": t_mask[:lt].copy(),
+                                 "id": str(ids[i]) if ids is not None else f"{name}-{i}",
+                                 "label": labels[i].item()}
+            if raw is not None:
+                s["raw_text"] = str(raw[i])
+            if bert is not None:
+                s["text_bert"] = bert[i, :, :lt]
+            if aligned:
+                s.update(audio=audio[i, :lt], audio_mask=s["text_mask"], video=vision[i, :lt],
+                         video_mask=s["text_mask"])
+            else:
+                la = int(np.clip(a_len[i], 0, audio.shape[1]))
+                lv = int(np.clip(v_len[i], 0, vision.shape[1]))
+                s.update(audio=audio[i, :la], video=vision[i, :lv])
+            splits[name].append(s)
+    assert dims is not None
+    spec = mmsa_spec(*dims, aligned)
+    if finetune:
+        spec["text_input"] = "text_bert"
+    return DataBundle(source="mmsa", path=path, align_mode=mode, spec=spec, splits=splits)
+

@@ -1,0 +1,509 @@
+"""``dhmd-pipeline train``: DHMD on a cache folder or an MMSA pickle, with resumable runs and seeds.
+
+One run (:class:`Trainer`) writes into its folder (``--out``, default ``data/runs/<timestamp>``)::
+
+    config.json       the resolved settings (preset and --set applied; .extract = how the cache was made)
+    metrics.jsonl     one line per epoch: lr, every train and valid loss term, every valid metric
+    best.pt, last.pt  checkpoints (pipeline.checkpoint); last.pt also holds optimizer, scheduler, RNG
+                      and progress, and is written after every epoch
+    results.json      test (and valid) metrics of best.pt, best epoch, sizes
+    loss_curves.png   loss terms and the validation metric per epoch
+    edges.png         mean HoGD / HeGD edge matrices of best.pt on the valid split
+
+Optimisation: Adam (lr, weight decay), gradient-norm clipping, gradient accumulation,
+ReduceLROnPlateau and early stopping on ``train.val_metric``, at most ``train.epochs`` epochs.  CUDA
+with bf16 autocast when present, fp32 on CPU.
+
+Reproducibility: the model is initialised from ``train.seed``; epoch ``e`` shuffles with its own
+generator seeded from (seed, e), and last.pt stores the torch / numpy / python RNG states, so
+``--resume DIR`` after a kill continues exactly as the uninterrupted run would have (bit-identical on
+CPU).  ``--seeds 1,2,3`` trains one run per seed in ``DIR/seed-<n>/`` on one fixed split and writes
+``summary.json`` with the mean and standard deviation (ddof 1) of every test metric.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.cache import atomic_write_text
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.config import ExtractConfig, PipelineConfig
+    from pipeline.dataset import DataBundle
+
+log = logging.getLogger(__name__)
+
+RUNS_DIR = Path("data/runs")
+RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.jsonl", "seeds.json")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def default_run_dir() -> Path:
+    """data/runs/<YYYYmmdd-HHMMSS>, with a -2, -3... suffix when that folder already exists."""
+    base = RUNS_DIR / time.strftime("%Y%m%d-%H%M%S")
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path
+
+
+def parse_seeds(text: str | None) -> list[int]:
+    """"1,2,3" -> [1, 2, 3]; UserError (exit 2) for anything else."""
+    if text is None:
+        return []
+    try:
+        seeds = [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: expected comma-separated integers, e.g. 1,2,3", exit_code=2) from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r}: expected distinct non-negative integers, e.g. 1,2,3", exit_code=2)
+    return seeds
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _check_fresh(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder", exit_code=2)
+    held = [f for f in RUN_FILES if (out / f).exists()]
+    if held:
+        raise UserError(f"{out} already holds a run ({', '.join(held)}): continue it with --resume {out} "
+                        f"or choose another --out", exit_code=2)
+
+
+def check_val_metric(metric: str, task: str) -> None:
+    """Refuse a validation metric that the task does not produce."""
+    from pipeline.metrics import metric_names
+
+    allowed = set(metric_names(task)) | {"loss"}
+    if metric not in allowed:
+        raise UserError(f"train.val_metric = {metric!r} is not a {task} metric; use one of "
+                        f"{', '.join(sorted(allowed))} (e.g. --set train.val_metric=\"Acc\")", exit_code=2)
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state as plain data and tensors (``weights_only``-loadable)."""
+    import torch
+
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+            "numpy": {"kind": str(np_state[0]), "keys": [int(k) for k in np_state[1]], "pos": int(np_state[2]),
+                      "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+            "python": {"version": int(py_state[0]), "state": [int(v) for v in py_state[1]],
+                       "gauss_next": py_state[2]}}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+
+
+def extract_config_from_settings(extract: "ExtractConfig", settings: dict[str, Any] | None) -> "ExtractConfig":
+    """``extract`` with the settings a cache was made with (an entry's ``settings``) put in, so a
+    checkpoint records how to reproduce its features for ``predict``."""
+    from pydantic import ValidationError
+
+    from pipeline.config import ExtractConfig
+
+    if not settings:
+        return extract
+    raw = extract.model_dump()
+    for key in ("fps", "sample_rate"):
+        if key in settings:
+            raw[key] = settings[key]
+    text = settings.get("text")
+    if isinstance(text, dict):
+        raw["text"].update({k: v for k, v in text.items() if k in raw["text"]})
+    for section in ("asr", "face", "audio"):
+        value = settings.get(section)
+        if isinstance(value, dict):
+            raw[section].update({k: v for k, v in value.items() if k in raw[section]})
+    try:
+        return ExtractConfig.model_validate(raw)
+    except ValidationError as e:
+        log.warning("the cache's extraction settings do not fit [extract] (%s); the checkpoint keeps the "
+                    "configured ones", e.errors()[0]["loc"])
+        return extract
+
+
+def resolve_for_data(cfg: "PipelineConfig", bundle: "DataBundle") -> "PipelineConfig":
+    """The run's settings made true to the data: its alignment and, for a cache, its extraction."""
+    update: dict[str, Any] = {"align": cfg.align.model_copy(update={"mode": bundle.align_mode})}
+    if bundle.source == "cache":
+        update["extract"] = extract_config_from_settings(cfg.extract, bundle.extract_settings)
+    return cfg.model_validate({**cfg.model_dump(), **{k: v.model_dump() for k, v in update.items()}})
+
+
+# ------------------------------------------------------------------------------------------ one run
+
+class Trainer:
+    """One training run of DHMD on ``bundle`` into ``out`` (see the module docstring)."""
+
+    def __init__(self, cfg: "PipelineConfig", bundle: "DataBundle", out: Path, preset: str | None = None):
+        self.cfg, self.bundle, self.out, self.preset = cfg, bundle, Path(out), preset
+
+    # ---------------------------------------------------------------- setup
+    def _build(self, resume: dict[str, Any] | None) -> None:
+        import torch
+
+        from dhmd import DHMD, DHMDConfig
+        from pipeline.dataset import Normalizer, SampleDataset, label_scheme
+        from pipeline.evaluate import resolve_device
+        from pipeline.metrics import LOWER_IS_BETTER
+
+        cfg, t = self.cfg, self.cfg.train
+        check_val_metric(t.val_metric, cfg.model.task)
+        self.train_samples = self.bundle.splits["train"]
+        if not self.train_samples:
+            raise UserError(f"{self.bundle.path}: the train split is empty", exit_code=2)
+        self.valid_samples = self.bundle.splits["valid"]
+        if not self.valid_samples:
+            log.warning("no validation samples: best.pt and early stopping use the training split")
+            self.valid_samples = self.train_samples
+        self.test_samples = self.bundle.splits["test"]
+        self.device = resolve_device(t.device)
+        seed_everything(t.seed)
+        text_dim, audio_dim, video_dim = self.bundle.dims
+        try:
+            self.model_config = DHMDConfig(text_dim=text_dim, audio_dim=audio_dim, video_dim=video_dim,
+                                           **cfg.model.model_dump())
+        except ValueError as e:
+            raise UserError(f"[model] settings cannot build DHMD: {e}", exit_code=2) from None
+        try:
+            self.model = DHMD(self.model_config, pretrained_bert=resume is None).to(self.device)
+        except OSError as e:   # the BERT to fine-tune cannot be found or read
+            raise UserError(f"cannot load model.bert_model = {cfg.model.bert_model!r} for model.finetune_bert "
+                            f"({str(e).splitlines()[0]}); point it at a local model folder", exit_code=2) from None
+        self.normalizer = (Normalizer.from_state(resume["norm"]) if resume
+                           else Normalizer.fit(self.train_samples))
+        self.train_ds = SampleDataset(self.train_samples, self.normalizer)
+        self.label_scheme = label_scheme(cfg.model.task, cfg.model.n_classes)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+        self.mode = "min" if t.val_metric in LOWER_IS_BETTER else "max"
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode=self.mode, factor=t.lr_factor, patience=t.lr_patience)
+        self.progress: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0,
+                                         "stopped": False, "finished": False, "preset": self.preset,
+                                         "history": []}
+        if resume:
+            self.model.load_state_dict(resume["model_state"])
+            self.optimizer.load_state_dict(resume["optimizer"])
+            self.scheduler.load_state_dict(resume["scheduler"])
+            self.progress = dict(resume["progress"])
+            set_rng_state(resume["rng"])
+            self.preset = self.progress.get("preset", self.preset)
+
+    def _payload(self, epoch: int, value: float | None) -> dict[str, Any]:
+        return {"model_state": self.model.state_dict(), "model_config": self.model_config.to_dict(),
+                "pipeline_config": self.cfg.model_dump(mode="json"), "spec": dict(self.bundle.spec),
+                "norm": self.normalizer.state(), "label_scheme": self.label_scheme, "epoch": int(epoch),
+                "val": {"metric": self.cfg.train.val_metric, "value": value}}
+
+    def _save_last(self) -> None:
+        payload = self._payload(self.progress["epoch"], self.progress["best"])
+        payload.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                       rng=rng_state(), progress=self.progress)
+        save_checkpoint(self.out / "last.pt", payload)
+
+    # ---------------------------------------------------------------- epochs
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        import torch
+        from torch.utils.data import DataLoader, RandomSampler
+        from tqdm import tqdm
+
+        from pipeline.dataset import collate
+        from pipeline.evaluate import autocast, model_inputs
+
+        t = self.cfg.train
+        gen = torch.Generator()
+        gen.manual_seed(t.seed * 1_000_003 + epoch)
+        loader = DataLoader(self.train_ds, batch_size=t.batch_size,
+                            sampler=RandomSampler(self.train_ds, generator=gen),
+                            collate_fn=collate, num_workers=t.num_workers,
+                            pin_memory=self.device.startswith("cuda"))
+        self.model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        steps = len(loader)
+        self.optimizer.zero_grad(set_to_none=True)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", disable=None, leave=False,
+                   file=sys.stderr)
+        for i, batch in enumerate(bar):
+            args, kwargs = model_inputs(self.model, batch, self.device)
+            with autocast(self.device, t.amp):
+                out = self.model(*args, **kwargs, labels=batch["labels"].to(self.device))
+            loss = out.losses["total"]
+            if not torch.isfinite(loss):
+                raise UserError(f"training diverged in epoch {epoch + 1} (loss {float(loss)}); lower train.lr "
+                                f"or raise train.grad_clip", exit_code=1)
+            (loss.float() / t.grad_accum).backward()
+            if (i + 1) % t.grad_accum == 0 or i + 1 == steps:
+                if t.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            b = len(batch["ids"])
+            n += b
+            for k, v in out.losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach().float()) * b
+            bar.set_postfix(loss=f"{sums['total'] / n:.4f}")
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    def _validate(self, desc: str) -> tuple[dict[str, float], Any]:
+        from pipeline.evaluate import evaluate_samples
+
+        t = self.cfg.train
+        return evaluate_samples(self.model, self.valid_samples, self.normalizer, self.cfg.model.task,
+                                t.batch_size, self.device, t.amp, desc=desc)
+
+    def _epoch(self, epoch: int) -> None:
+        from pipeline.metrics import is_better, json_safe
+
+        t = self.cfg.train
+        start = time.perf_counter()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        train_losses = self._train_epoch(epoch)
+        metrics, res = self._validate(desc=f"valid {epoch + 1}")
+        value = res.losses.get("total", math.nan) if t.val_metric == "loss" else metrics[t.val_metric]
+        value = float(value)
+        finite = value if math.isfinite(value) else (math.inf if self.mode == "min" else -math.inf)
+        self.scheduler.step(finite)
+        p = self.progress
+        improved = is_better(t.val_metric, value, p["best"])
+        if improved:
+            p.update(best=value, best_epoch=epoch + 1, bad_epochs=0)
+            save_checkpoint(self.out / "best.pt", self._payload(epoch + 1, value))
+        else:
+            p["bad_epochs"] += 1
+        p["history"].append({"epoch": epoch + 1, "lr": lr, "train": train_losses, "valid": res.losses,
+                             "valid_metrics": {k: json_safe(v) for k, v in metrics.items()},
+                             "val_metric": t.val_metric, "val_value": json_safe(value), "best": improved,
+                             "time_s": round(time.perf_counter() - start, 3)})
+        atomic_write_text(self.out / "metrics.jsonl",
+                          "".join(json.dumps(h) + "\n" for h in p["history"]))
+        p["epoch"] = epoch + 1
+        if t.early_stop_patience and p["bad_epochs"] >= t.early_stop_patience:
+            p["stopped"] = True
+            log.info("early stop after epoch %d: no %s improvement for %d epochs", epoch + 1, t.val_metric,
+                     p["bad_epochs"])
+        self._save_last()
+        log.info("epoch %d/%d  train loss %.4f  valid %s %.4f%s", epoch + 1, t.epochs,
+                 train_losses.get("total", 0.0), t.val_metric, value, "  (best)" if improved else "")
+
+    # ---------------------------------------------------------------- finish
+    def _finish(self) -> dict[str, Any]:
+        from pipeline.evaluate import evaluate_samples
+        from pipeline.metrics import json_safe
+        from pipeline.plots import plot_edge_matrices, plot_loss_curves
+
+        t, p = self.cfg.train, self.progress
+        best_path = self.out / "best.pt"
+        if best_path.is_file():
+            self.model.load_state_dict(load_checkpoint(best_path)["model_state"])
+        else:   # no epoch ever gave a finite validation value: keep the last weights as best
+            save_checkpoint(best_path, self._payload(p["epoch"], None))
+        task = self.cfg.model.task
+        valid_metrics, valid_res = self._validate(desc="valid (best)")
+        test_metrics = None
+        if self.test_samples:
+            test_metrics, _ = evaluate_samples(self.model, self.test_samples, self.normalizer, task,
+                                               t.batch_size, self.device, t.amp, desc="test")
+        else:
+            log.warning("no test samples: results.json has validation metrics only")
+        if p["history"]:
+            plot_loss_curves(p["history"], self.out / "loss_curves.png", t.val_metric)
+        plot_edge_matrices(valid_res.edges, self.out / "edges.png",
+                           title=f"mean edge weights on the valid split (best epoch {p['best_epoch']})")
+        results = {"task": task, "seed": t.seed, "preset": self.preset, "data": str(self.bundle.path),
+                   "best_epoch": p["best_epoch"], "epochs_run": p["epoch"], "stopped_early": p["stopped"],
+                   "val_metric": t.val_metric, "best_val": json_safe(p["best"]) if p["best"] is not None else None,
+                   "n": self.bundle.counts(), "spec": self.bundle.spec,
+                   "valid": {k: json_safe(v) for k, v in valid_metrics.items()},
+                   "test": None if test_metrics is None else {k: json_safe(v) for k, v in test_metrics.items()},
+                   "edges": {k: (None if v is None else np.asarray(v).tolist())
+                             for k, v in valid_res.edges.items()}}
+        _write_json(self.out / "results.json", results)
+        p["finished"] = True
+        self._save_last()
+        return results
+
+    def run(self, resume: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train (or continue from a last.pt dict), test best.pt, write every run file; the results."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._build(resume)
+        if resume is None:
+            _write_json(self.out / "config.json", self.cfg.model_dump(mode="json"))
+        elif self.progress.get("finished") and (self.out / "results.json").is_file():
+            log.info("%s: this run had already finished", self.out)
+            return json.loads((self.out / "results.json").read_text())
+        log.info("training on %s (%s, %s): %s samples; device %s; run folder %s", self.bundle.path,
+                 self.bundle.source, self.bundle.align_mode, self.bundle.counts(), self.device, self.out)
+        for epoch in range(self.progress["epoch"], self.cfg.train.epochs):
+            if self.progress["stopped"]:
+                break
+            self._epoch(epoch)
+        return self._finish()
+
+
+# ------------------------------------------------------------------------------------------ output
+
+def _print_results(results: dict[str, Any], out: Path) -> None:
+    from pipeline.metrics import format_metrics, metric_names
+
+    names = metric_names(results["task"])
+    split = "test" if results.get("test") else "valid"
+    metrics = {k: (math.nan if v is None else v) for k, v in (results.get(split) or {}).items()}
+    sys.stdout.write(f"{out}: {split} metrics of best.pt (epoch {results['best_epoch']} of "
+                     f"{results['epochs_run']})\n{format_metrics(metrics, names)}\n")
+    sys.stdout.flush()
+
+
+def summarize_seeds(out: Path, results: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """summary.json: mean and std (ddof 1; 0 for one seed) of every test metric over the seed runs."""
+    from pipeline.metrics import json_safe, metric_names
+
+    task = next(iter(results.values()))["task"]
+    split = "test" if all(r.get("test") for r in results.values()) else "valid"
+    table: dict[str, Any] = {}
+    for name in metric_names(task):
+        values = [r[split].get(name) for r in results.values()]
+        arr = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+        ok = arr[np.isfinite(arr)]
+        table[name] = {"mean": json_safe(float(ok.mean())) if ok.size else None,
+                       "std": json_safe(float(ok.std(ddof=1))) if ok.size > 1 else (0.0 if ok.size else None),
+                       "values": values}
+    summary = {"split": split, "seeds": list(results), "std_ddof": 1, "metrics": table,
+               "runs": {str(s): f"seed-{s}" for s in results}}
+    _write_json(out / "summary.json", summary)
+    width = max(len(n) for n in table)
+    lines = [f"{out}: {split} metrics over seeds {', '.join(map(str, results))} (mean +- std)"]
+    for name, row in table.items():
+        vals = "  ".join("n/a" if v is None else f"{v:.4f}" for v in row["values"])
+        mean = "n/a" if row["mean"] is None else f"{row['mean']:.4f}"
+        std = "n/a" if row["std"] is None else f"{row['std']:.4f}"
+        lines.append(f"{name.rjust(width)}  {mean} +- {std}   [{vals}]")
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ entry
+
+def _load_bundle(cfg: "PipelineConfig") -> tuple["PipelineConfig", "DataBundle"]:
+    from pipeline.dataset import load_data
+
+    bundle = load_data(Path(cfg.train.data), cfg)
+    return resolve_for_data(cfg, bundle), bundle
+
+
+def _train_seeds(cfg: "PipelineConfig", bundle: "DataBundle", out: Path, seeds: list[int],
+                 preset: str | None, resume: bool) -> int:
+    from pipeline.config import with_overrides
+
+    results: dict[int, dict[str, Any]] = {}
+    for seed in seeds:
+        sub = out / f"seed-{seed}"
+        scfg = with_overrides(cfg, {"train.seed": seed, "train.out": str(sub)})
+        trainer = Trainer(scfg, bundle, sub, preset)
+        if resume and (sub / "last.pt").is_file():
+            results[seed] = trainer.run(resume=load_checkpoint(sub / "last.pt"))
+        else:
+            if sub.exists():
+                for name in RUN_FILES + ("best.pt", "results.json"):
+                    (sub / name).unlink(missing_ok=True)
+            results[seed] = trainer.run()
+        _print_results(results[seed], sub)
+    summarize_seeds(out, results)
+    return 0
+
+
+def _resume(run_dir: Path) -> int:
+    from pipeline.config import PipelineConfig
+
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise UserError(f"--resume {run_dir}: no config.json there (not a training run folder)", exit_code=2)
+    try:
+        cfg = PipelineConfig.model_validate(json.loads(cfg_path.read_text()))
+    except ValueError as e:
+        raise UserError(f"{cfg_path}: unreadable run settings ({str(e).splitlines()[0]})", exit_code=2) from None
+    seeds_path = run_dir / "seeds.json"
+    preset = None
+    if seeds_path.is_file():
+        info = json.loads(seeds_path.read_text())
+        cfg, bundle = _load_bundle(cfg)
+        return _train_seeds(cfg, bundle, run_dir, [int(s) for s in info["seeds"]], info.get("preset"), True)
+    cfg, bundle = _load_bundle(cfg)
+    trainer = Trainer(cfg, bundle, run_dir, preset)
+    last = run_dir / "last.pt"
+    if last.is_file():
+        ckpt = load_checkpoint(last)
+        results = trainer.run(resume=ckpt)
+    else:   # killed during the first epoch: nothing to continue from, start that run again
+        log.info("%s has no last.pt yet: starting the run from the beginning", run_dir)
+        results = trainer.run()
+    _print_results(results, run_dir)
+    return 0
+
+
+def run_train(cfg: "PipelineConfig", data: Path | None = None, out: Path | None = None,
+              preset: str | None = None, resume: Path | None = None, seeds: str | None = None) -> int:
+    """The ``train`` command.  ``cfg`` already holds the preset (the CLI folds ``--preset`` in between
+    the settings file and ``--set``; use :func:`pipeline.presets.apply_preset` when calling this
+    directly); ``preset`` is only recorded.  ``resume`` continues a run folder with its own settings."""
+    from pipeline.config import with_overrides
+
+    if resume is not None:
+        if data is not None or out is not None or seeds is not None:
+            log.warning("--resume uses the run's own settings; --data/--out/--seeds are ignored")
+        return _resume(Path(resume))
+    seed_list = parse_seeds(seeds)
+    out_dir = Path(out) if out else (Path(cfg.train.out) if cfg.train.out else default_run_dir())
+    overrides: dict[str, Any] = {"train.out": str(out_dir)}
+    if data is not None:
+        overrides["train.data"] = str(data)
+    cfg = with_overrides(cfg, overrides)
+    _check_fresh(out_dir)
+    cfg, bundle = _load_bundle(cfg)
+    check_val_metric(cfg.train.val_metric, cfg.model.task)
+    if seed_list:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(out_dir / "config.json", cfg.model_dump(mode="json"))
+        _write_json(out_dir / "seeds.json", {"seeds": seed_list, "preset": preset})
+        return _train_seeds(cfg, bundle, out_dir, seed_list, preset, resume=False)
+    results = Trainer(cfg, bundle, out_dir, preset).run()
+    _print_results(results, out_dir)
+    return 0
