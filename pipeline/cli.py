@@ -56,7 +56,7 @@ def common_options(fn: Callable) -> Callable:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted; rerun the same command to resume", err=True)
+            click.echo("interrupted; finished work is kept (extract: rerun the same command; train: --resume DIR)", err=True)
             sys.exit(130)
         sys.exit(int(code or 0))
 
@@ -111,7 +111,7 @@ def extract(cfg: PipelineConfig, videos_dir: Path, out: Path | None, labels: Pat
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder (default: data/runs/<timestamp>).")
 @click.option("--preset", type=click.Choice(["mosi", "mosei", "urfunny", "mustard"]), default=None,
-              help="The paper's settings for a dataset (Table 1, Section 4).")
+              help="The paper's settings for a dataset (Table 1, Section 4); --set values win.")
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Continue a killed run from DIR/last.pt.")
 @click.option("--seeds", type=str, default=None, help="Comma-separated seeds, one run each, e.g. 1,2,3.")
@@ -119,6 +119,11 @@ def extract(cfg: PipelineConfig, videos_dir: Path, out: Path | None, labels: Pat
 def train(cfg: PipelineConfig, data: Path | None, out: Path | None, preset: str | None,
           resume: Path | None, seeds: str | None) -> int:
     """Train DHMD on extracted features or an MMSA pickle."""
+    if preset:   # the preset sits between the settings file and --set, so --set values win
+        from pipeline.presets import preset_overrides
+
+        params = click.get_current_context().params
+        cfg = load_config(params["config_path"], params["overrides"], preset=preset_overrides(preset))
     run = _stage("pipeline.train", "run_train", "train")
     return run(cfg, data=data, out=out, preset=preset, resume=resume, seeds=seeds)
 

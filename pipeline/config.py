@@ -124,6 +124,7 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     split: list[float] = Field([0.7, 0.15, 0.15], min_length=3, max_length=3)
+    split_seed: int = Field(0, ge=0)
     num_workers: int = Field(0, ge=0, le=64)
 
 
@@ -136,6 +137,17 @@ class DemoConfig(_Section):
     workdir: str = "data/demo"
     sentences: int = Field(0, ge=0)
     epochs: int = Field(12, ge=1, le=1000)
+    runs_dir: str = "data/runs/demo"
+    voices_per_sentence: int = Field(2, ge=1, le=6)
+    fps: float = Field(15.0, gt=0.0, le=60.0)
+    workers: int = Field(2, ge=1, le=64)
+    hidden_dim: int = Field(32, ge=4, le=4096)
+    num_heads: int = Field(4, ge=1, le=64)
+    num_layers: int = Field(2, ge=1, le=24)
+    dictionary_size: int = Field(64, ge=1, le=65536)
+    batch_size: int = Field(16, ge=1, le=4096)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    val_metric: str = "MAE"
 
 
 class PipelineConfig(_Section):
@@ -184,8 +196,10 @@ def apply_override(raw: dict, assignment: str) -> None:
     node[parts[-1]] = _parse_value(value.strip())
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """Read ``path`` (default: the repository's pipeline.toml), apply overrides, validate."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                preset: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read ``path`` (default: the repository's pipeline.toml), apply ``preset`` (dotted keys ->
+    values, e.g. ``pipeline.presets.PRESETS["mosi"]``), then the ``--set`` overrides, which win; validate."""
     path = Path(path) if path else DEFAULT_CONFIG
     raw: dict = {}
     if path.exists():
@@ -195,6 +209,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
     elif path != DEFAULT_CONFIG:
         raise ConfigError(f"{path}: config file not found")
+    for dotted, value in (preset or {}).items():
+        node = raw
+        *sections, last = dotted.split(".")
+        for sec in sections:
+            node = node.setdefault(sec, {})
+        node[last] = value
     for a in overrides:
         apply_override(raw, a)
     try:
