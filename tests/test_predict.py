@@ -1,0 +1,217 @@
+"""predict: a real (tiny) checkpoint trained in this module on clips made here, then new clips.
+
+One module fixture extracts six short espeak-ng clips and trains a tiny DHMD for two epochs through
+the CLI; the tests then predict clips the model never saw, a corrupt file and a clip without audio,
+and check the JSON, the explanation PNGs, the exit statuses and the refusal of foreign checkpoints.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.predict import LABELS_7, format_table, label_2, label_7
+
+TRAIN_SENTENCES = [
+    ("good_one", "What a lovely and wonderful day.", 2.4, "train"),
+    ("bad_one", "This was a terrible boring film.", -2.2, "train"),
+    ("good_two", "I enjoyed every minute of it.", 1.8, "train"),
+    ("bad_two", "I hated the awful ending.", -2.6, "train"),
+    ("mid_one", "It was an ordinary movie.", 0.2, "valid"),
+    ("mid_two", "The plot was fine, nothing more.", -0.4, "test"),
+]
+TINY = ["model.hidden_dim=16", "model.num_heads=2", "model.num_layers=1", "model.dictionary_size=16",
+        "train.epochs=2", "train.batch_size=4"]
+
+
+def _invoke(args: list[str]):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, make_clip) -> Path:
+    """A tiny DHMD trained for two epochs on six extracted clips (via the CLI, as a user would)."""
+    root = tmp_path_factory.mktemp("predict_train")
+    videos = root / "videos"
+    videos.mkdir()
+    for k, (name, text, _, _) in enumerate(TRAIN_SENTENCES):
+        src = make_clip(text, expression=0.8 if "good" in name else -0.8 if "bad" in name else 0.0,
+                        voice="en-us" if k % 2 else "en-us+f3", seed=k)
+        (videos / f"{name}.mp4").write_bytes(src.read_bytes())
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["clip_id", "label", "text", "split"])
+        for name, text, label, split in TRAIN_SENTENCES:
+            w.writerow([name, label, text, split])
+    res = _invoke(["extract", str(videos), "--out", str(root / "cache"), "--labels", str(root / "labels.csv")])
+    assert res.exit_code == 0, res.output
+    res = _invoke(["train", "--data", str(root / "cache"), "--out", str(root / "run"),
+                   *[a for s in TINY for a in ("--set", s)]])
+    assert res.exit_code == 0, res.output
+    ckpt = root / "run" / "best.pt"
+    assert ckpt.is_file()
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def new_clips(tmp_path_factory: pytest.TempPathFactory, make_clip) -> dict[str, Path]:
+    """Clips the model never saw: a good one, a corrupt mp4 and a clip without an audio stream."""
+    root = tmp_path_factory.mktemp("predict_new")
+    good = make_clip("The actors were brilliant and funny.", expression=0.6, seed=11)
+    corrupt = root / "corrupt.mp4"
+    corrupt.write_bytes(good.read_bytes()[:3000])          # truncated: no moov index
+    silent = make_clip("Nobody can hear this sentence.", audio=False, seed=12)
+    return {"good": good, "corrupt": corrupt, "silent": silent}
+
+
+@pytest.fixture(scope="module")
+def cli_run(checkpoint: Path, new_clips: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    """One `predict --json --explain` run over a good clip, a corrupt one and a silent one."""
+    explain = tmp_path_factory.mktemp("explain")
+    res = CliRunner().invoke(main, ["predict", str(new_clips["good"]), str(new_clips["corrupt"]),
+                                    str(new_clips["silent"]), "--checkpoint", str(checkpoint),
+                                    "--json", "--explain", str(explain)], catch_exceptions=False)
+    return res, explain
+
+
+def _check_edges(edges) -> None:
+    m = np.asarray(edges, dtype=float)
+    assert m.shape == (3, 3)
+    assert np.all(np.isfinite(m)) and np.all(m >= 0)
+    assert np.allclose(np.diag(m), 0.0)
+    # rows are teachers, columns students: every student receives a unit budget
+    assert np.allclose(m.sum(axis=0), 1.0, atol=1e-4)
+
+
+def test_predict_json_fields_and_failures(cli_run, new_clips, checkpoint) -> None:
+    res, _ = cli_run
+    assert res.exit_code == 3, res.output                      # some clips failed
+    results = json.loads(res.stdout)
+    assert [r["clip"] for r in results] == [str(new_clips[k]) for k in ("good", "corrupt", "silent")]
+    good, corrupt, silent = results
+    assert good["status"] == "ok"
+    assert good["transcript"].strip()
+    assert -3.0 <= good["score"] <= 3.0
+    assert good["label_7"] == label_7(good["score"]) and good["label_7"] in LABELS_7
+    assert good["label_2"] == ("positive" if good["score"] >= 0 else "negative")
+    assert set(good["unimodal"]) == {"text", "audio", "video"}
+    assert all(math.isfinite(v) and -3 <= v <= 3 for v in good["unimodal"].values())
+    _check_edges(good["edges_homo"])
+    _check_edges(good["edges_hetero"])
+    for space in ("homo", "hetero"):
+        atoms = good["top_atoms"][space]
+        assert set(atoms) == {"text", "audio", "video"}
+        for pairs in atoms.values():
+            assert len(pairs) == 5                               # predict.top_atoms default
+            idx = [int(i) for i, _ in pairs]
+            weights = [w for _, w in pairs]
+            assert all(0 <= i < 16 for i in idx) and len(set(idx)) == 5   # dictionary_size=16
+            assert weights == sorted(weights, reverse=True) and 0 < sum(weights) <= 1 + 1e-6
+    assert 0 < good["face_frames"] <= good["frames"]
+    assert good["time_s"] > 0
+    for bad, name in ((corrupt, "corrupt.mp4"), (silent, new_clips["silent"].name)):
+        assert bad["status"] == "failed"
+        assert name in bad["error"]
+        assert "score" not in bad
+
+
+def test_explain_png_per_good_clip(cli_run, new_clips) -> None:
+    _, explain = cli_run
+    pngs = sorted(explain.glob("*.png"))
+    assert [p.name for p in pngs] == [new_clips["good"].stem + ".png"]
+    data = pngs[0].read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_predictor_api_reuses_models_and_is_deterministic(checkpoint, new_clips) -> None:
+    from pipeline.predict import Predictor
+
+    pred = Predictor(checkpoint, device="cpu", top_atoms=3)
+    first, again = pred.predict([new_clips["good"], new_clips["good"]])
+    assert first["status"] == again["status"] == "ok"
+    assert first["score"] == pytest.approx(again["score"], abs=1e-5)
+    np.testing.assert_allclose(first["edges_hetero"], again["edges_hetero"], atol=1e-5)
+    assert all(len(v) == 3 for v in first["top_atoms"]["hetero"].values())
+    table = format_table([first, {"clip": "x/broken.mp4", "status": "failed", "error": "x/broken.mp4: corrupt",
+                                  "time_s": 0.1}])
+    assert "broken.mp4" in table and "FAILED" in table and first["label_7"] in table
+
+
+def _rewrite_spec(checkpoint: Path, out: Path, change: dict) -> dict:
+    """Copy a checkpoint with its feature spec changed; returns the changed spec."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state["spec"] = {**state["spec"], **change}
+    torch.save(state, out)
+    return state["spec"]
+
+
+def test_spec_mismatch_refused(checkpoint, new_clips, tmp_path) -> None:
+    foreign = tmp_path / "foreign.pt"
+    _rewrite_spec(checkpoint, foreign, {"text_dim": 768, "text_model": "bert-base-uncased"})
+    res = _invoke(["predict", str(new_clips["good"]), "--checkpoint", str(foreign), "--json"])
+    assert res.exit_code == 2
+    msg = res.stderr
+    assert "768" in msg and "384" in msg and "bert-base-uncased" in msg    # both specs named
+    assert res.stdout.strip() == ""
+
+
+def test_mmsa_checkpoint_refused(checkpoint, new_clips, tmp_path) -> None:
+    foreign = tmp_path / "mmsa.pt"
+    _rewrite_spec(checkpoint, foreign, {"source": "mmsa"})
+    res = _invoke(["predict", str(new_clips["good"]), "--checkpoint", str(foreign)])
+    assert res.exit_code == 2
+    assert "mmsa" in res.stderr
+
+
+def test_no_checkpoint_says_train_first(new_clips, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = _invoke(["predict", str(new_clips["good"])])
+    assert res.exit_code == 2
+    assert "train" in res.stderr and "best.pt" in res.stderr
+
+
+def test_default_checkpoint_is_newest_best(tmp_path) -> None:
+    import os
+
+    from pipeline.predict import default_checkpoint
+
+    for name, mtime in (("2026-a", 1000), ("2026-b", 3000), ("2026-c", 2000)):   # names do not decide
+        p = tmp_path / name / "best.pt"
+        p.parent.mkdir()
+        p.write_bytes(b"x")
+        os.utime(p, (mtime, mtime))
+    (tmp_path / "2026-d").mkdir()
+    (tmp_path / "2026-d" / "last.pt").write_bytes(b"x")
+    assert default_checkpoint(tmp_path) == tmp_path / "2026-b" / "best.pt"
+
+
+@pytest.mark.parametrize("score,name7,name2", [
+    (-3.7, "highly negative", "negative"), (-2.5, "negative", "negative"), (-0.5, "neutral", "negative"),
+    (0.0, "neutral", "positive"), (0.5, "neutral", "positive"), (0.51, "weakly positive", "positive"),
+    (1.5, "positive", "positive"), (2.5, "positive", "positive"), (3.2, "highly positive", "positive")])
+def test_label_conventions(score, name7, name2) -> None:
+    # round half to even of clip(score, -3, 3); Has0: 0 counts as positive
+    assert label_7(score) == name7
+    assert label_2(score) == name2
+
+
+def test_pick_au_columns() -> None:
+    from pipeline.explain import pick_au_columns
+
+    names = ["yaw", "est_AU26_jaw_drop", "est_AU12_lip_corner_pull", "AU12_r", "est_AU04", "mouth_open"]
+    assert pick_au_columns(names) == [(4, "AU04 brow lowerer"), (2, "AU12 smile"), (1, "AU26 jaw drop")]
+    assert pick_au_columns(["AU01", "AU45", "pitch"]) == [(0, "AU01"), (1, "AU45")]
+    assert pick_au_columns(["yaw", "pitch"]) == []
+    from extractors.face import face_feature_names
+
+    for backend in ("mediapipe", "pyfeat"):   # both backends' names give the five main traces
+        picked = pick_au_columns(face_feature_names(backend))
+        assert [label.split()[0] for _, label in picked] == ["AU04", "AU06", "AU12", "AU15", "AU25"]
