@@ -1,0 +1,416 @@
+"""Extraction of one clip: decode -> transcript -> text tokens -> acoustic -> face, into ClipFeatures.
+
+:class:`ExtractorModels` loads every model once (text encoder, face extractor; the speech recogniser
+lazily, only when a clip needs ASR) and :func:`extract_clip` turns one video file into the
+unaligned :class:`~pipeline.cache.ClipFeatures` of a cache entry.  Both are free of CLI concerns:
+``extract`` runs them over a folder (:mod:`pipeline.extract_batch`), ``predict`` on single clips
+with the settings stored in a checkpoint.
+
+What a clip becomes (documented outcome, also in the manifest's ``status``/``flags``):
+
+======================================  ========  =====================================================
+input                                   status    what is stored
+======================================  ========  =====================================================
+speech over a face                      ok        everything
+no audio stream (or it decodes empty)   ok        flag ``no_audio``: no words ([CLS][SEP] only) and
+                                                  audio (0, Da), even if a label text exists
+audio without words (silence)           ok        flag ``no_speech``: [CLS][SEP] only
+words whose times had to be guessed     ok        flag ``word_times_spread`` (recogniser heard none)
+no video stream                         ok        flag ``no_video``: video (0, Dv)
+video without a face in any frame       ok        flag ``no_face``: rows zero, face_mask all False
+missing, empty, unreadable, not a       failed    nothing; the manifest's ``error`` gives the cause
+regular file, not media, corrupt,
+longer than extract.max_duration_s
+======================================  ========  =====================================================
+
+Frames without a face are kept as zero rows with ``face_mask`` False, never dropped (dropping
+would shift time).  The video branch (frames + face) runs in a thread beside the audio branch
+(audio, transcript, text, acoustic).  Per-stage wall times are kept in ``meta["timings_s"]`` for
+the benchmark; because of the overlap they add up to more than ``total``.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import stat
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from extractors.errors import ExtractionError, ModelLoadError
+from pipeline.cache import ClipFeatures, file_hash, settings_hash
+
+if TYPE_CHECKING:  # pragma: no cover
+    from extractors.asr import SpeechRecognizer
+    from extractors.decode import MediaInfo
+    from pipeline.config import ExtractConfig, PipelineConfig
+
+log = logging.getLogger(__name__)
+
+FEATURE_FORMAT = 1          # bump when this module changes what an entry holds (part of the cache key)
+FLAGS = ("no_audio", "no_speech", "word_times_spread", "no_video", "no_face")
+OVERLAP_VIDEO = True        # decode frames + faces in a thread beside the audio branch (see extract_clip)
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; ``"cpu"``/``"cuda"`` as given."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("extract.device is 'cuda' but torch sees no CUDA device here; use 'auto' or 'cpu'")
+    return device
+
+
+def extraction_settings(cfg: "ExtractConfig") -> dict[str, Any]:
+    """Every setting that changes what an entry holds (cache key, and the ``settings`` of an entry).
+
+    Left out on purpose: where and how fast things run (out, workers, device, batch size,
+    max_duration_s, video_exts), which do not change the features.
+    """
+    return {
+        "format": FEATURE_FORMAT,
+        "fps": float(cfg.fps),
+        "sample_rate": int(cfg.sample_rate),
+        "text": {"model": cfg.text.model, "max_tokens": cfg.text.max_tokens, "layer": cfg.text.layer},
+        "asr": cfg.asr.model_dump(mode="json"),
+        "face": cfg.face.model_dump(mode="json"),
+        "audio": cfg.audio.model_dump(mode="json"),
+    }
+
+
+def sidecar_digest(clip: Path) -> str | None:
+    """Hash of the clip's transcript sidecar files (same stem), so editing one re-extracts the clip."""
+    from extractors.transcript import SIDECAR_EXTS
+
+    parts = []
+    for ext in SIDECAR_EXTS:
+        side = Path(clip).with_suffix(ext)
+        if side != Path(clip) and side.is_file():
+            parts.append(f"{ext}:{file_hash(side)}")
+    return settings_hash({"sidecars": parts}) if parts else None
+
+
+def clip_settings(path: Path, cfg: "ExtractConfig", clip_id: str, label_text: str | None) -> dict[str, Any]:
+    """The settings of one clip's entry: :func:`extraction_settings` plus what is particular to it.
+
+    The clip id (stored in the entry), the labels-file text and the sidecar transcript when those
+    are transcript sources: changing any of them makes a new entry.
+    """
+    settings = extraction_settings(cfg)
+    settings["clip_id"] = clip_id
+    settings["label_text"] = (" ".join(label_text.split()) or None) if (
+        label_text and "labels" in cfg.asr.sources) else None
+    settings["sidecar"] = sidecar_digest(path) if "sidecar" in cfg.asr.sources else None
+    return settings
+
+
+def _dist_version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class ExtractorModels:
+    """Every model of the extraction, loaded once and reused for many clips.
+
+    Attributes: ``device`` ("cpu"/"cuda"), ``text`` (:class:`extractors.text.TextEncoder`),
+    ``face`` (:class:`extractors.face.FaceExtractor`), ``audio_names`` (acoustic feature names).
+    :meth:`recognizer` loads the speech recogniser on first use; a load failure is remembered and
+    raised again for every clip that needs it.
+    """
+
+    def __init__(self, cfg: "ExtractConfig", device: str, text: Any, face: Any, audio_names: list[str]):
+        self.cfg = cfg
+        self.device = device
+        self.text = text
+        self.face = face
+        self.audio_names = list(audio_names)
+        self._recognizer: "SpeechRecognizer | None" = None
+        self._recognizer_error: ModelLoadError | None = None
+
+    @classmethod
+    def load(cls, cfg: "ExtractConfig", device: str = "auto") -> "ExtractorModels":
+        """Load the text encoder and face extractor (ModelLoadError names the model and the cause)."""
+        from extractors.acoustic import acoustic_features
+        from extractors.face import make_face_extractor
+        from extractors.text import TextEncoder
+
+        dev = resolve_device(device)
+        t0 = time.perf_counter()
+        text = TextEncoder(cfg.text, device=dev)
+        face = make_face_extractor(cfg.face, device=dev)
+        # the acoustic feature names, for clips without audio (empty audio computes nothing)
+        _, _, audio_names = acoustic_features(np.zeros(0, np.float32), int(cfg.sample_rate), cfg.audio)
+        log.info("extraction models ready on %s in %.1f s", dev, time.perf_counter() - t0)
+        return cls(cfg, dev, text, face, audio_names)
+
+    def recognizer(self) -> "SpeechRecognizer":
+        """The speech recogniser, loaded on first call (only clips that need ASR pay for it)."""
+        if self._recognizer is None:
+            if self._recognizer_error is not None:
+                raise self._recognizer_error
+            from extractors.asr import SpeechRecognizer
+
+            try:
+                self._recognizer = SpeechRecognizer(self.cfg.asr, device=self.device)
+            except ModelLoadError as e:
+                self._recognizer_error = e
+                raise
+        return self._recognizer
+
+    @property
+    def video_names(self) -> list[str]:
+        return list(self.face.names)
+
+    def spec(self) -> dict[str, Any]:
+        """What the features look like (stored in every entry; checked by training and predict)."""
+        return {"text_model": self.cfg.text.model, "text_dim": int(self.text.dim),
+                "audio_dim": len(self.audio_names), "video_dim": len(self.video_names),
+                "audio_names": list(self.audio_names), "video_names": self.video_names,
+                "face_backend": self.cfg.face.backend, "fps": float(self.cfg.fps),
+                "audio_rate_hz": float(self.cfg.audio.rate_hz)}
+
+    def versions(self, used_asr: bool) -> dict[str, str]:
+        """Versions of each extractor (the ``versions`` of an entry and of its manifest record)."""
+        import cv2
+
+        out = {
+            "decode": f"ffmpeg-python {_dist_version('ffmpeg-python')}; opencv {cv2.__version__}",
+            "text": f"{self.text.name}; {self.text.version}",
+            "face": f"{self.face.name}; {self.face.version}",
+            "acoustic": f"librosa {_dist_version('librosa')}",
+            "pipeline": f"dhmd-pipeline {_dist_version('dhmd-pipeline')}; format {FEATURE_FORMAT}",
+        }
+        if used_asr and self._recognizer is not None:
+            out["asr"] = f"{self._recognizer.name}; {self._recognizer.version}"
+        return out
+
+    def close(self) -> None:
+        """Release the face backend's resources."""
+        close = getattr(self.face, "close", None)
+        if close is not None:
+            close()
+
+
+@contextmanager
+def _timer(timings: dict[str, float], stage: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def check_regular_file(path: Path) -> None:
+    """Raise ExtractionError for a path that is not a readable regular file.
+
+    Done before anything opens the file: opening a FIFO would block the whole batch, and a
+    dangling symbolic link or a socket would give an obscure ffmpeg message.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            raise ExtractionError(f"{path}: unreadable: broken symbolic link "
+                                  f"(points to {os.readlink(path)!r}, which does not exist)") from None
+        raise ExtractionError(f"{path}: file not found") from None
+    except OSError as e:
+        raise ExtractionError(f"{path}: unreadable ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ExtractionError(f"{path}: is a directory, not a media file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
+        raise ExtractionError(f"{path}: unreadable: {kind}, not a regular media file")
+    if not os.access(path, os.R_OK):
+        raise ExtractionError(f"{path}: unreadable file (permission denied)")
+
+
+def probe_clip(path: Path, cfg: "ExtractConfig") -> "MediaInfo":
+    """What the clip holds (ffprobe), or ExtractionError for every input that cannot be used.
+
+    Cheap (no model): the batch runs it before loading models, so a rerun over bad files only
+    does not load anything.  Refuses non-regular files, empty/corrupt/non-media files and clips
+    longer than ``extract.max_duration_s``.
+    """
+    from extractors.decode import probe
+
+    check_regular_file(path)
+    info = probe(path)
+    if info.duration_s > cfg.max_duration_s:
+        raise ExtractionError(f"{path}: too long ({info.duration_s:.0f} s; extract.max_duration_s is "
+                              f"{cfg.max_duration_s:.0f} s): cut it into clips or raise the limit")
+    return info
+
+
+def _video_features(path: Path, cfg: "ExtractConfig", models: ExtractorModels,
+                    timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Face features of every sampled frame, streamed: (Tv, Dv), times (Tv,), face_mask (Tv,)."""
+    from extractors.decode import iter_frames
+
+    dim = len(models.video_names)
+    rows: list[np.ndarray] = []
+    times: list[float] = []
+    mask: list[bool] = []
+    zeros = np.zeros(dim, dtype=np.float32)
+    reset = getattr(models.face, "reset", None)
+    if reset is not None:
+        reset()
+    frames = iter(iter_frames(path, float(cfg.fps)))
+    while True:
+        t0 = time.perf_counter()
+        try:
+            t, frame = next(frames)
+        except StopIteration:
+            timings["decode_frames"] = timings.get("decode_frames", 0.0) + time.perf_counter() - t0
+            break
+        t1 = time.perf_counter()
+        vec = models.face.process(frame)
+        del frame
+        t2 = time.perf_counter()
+        timings["decode_frames"] = timings.get("decode_frames", 0.0) + t1 - t0
+        timings["face"] = timings.get("face", 0.0) + t2 - t1
+        if vec is None:
+            rows.append(zeros)
+            mask.append(False)
+        else:
+            vec = np.nan_to_num(np.asarray(vec, dtype=np.float32).reshape(-1))
+            if vec.shape[0] != dim:
+                raise ExtractionError(f"{path}: face extractor gave {vec.shape[0]} features, expected {dim}")
+            rows.append(vec)
+            mask.append(True)
+        times.append(float(t))
+    feats = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+    return feats, np.asarray(times, dtype=np.float32), np.asarray(mask, dtype=bool)
+
+
+def extract_clip(path: Path, cfg: "ExtractConfig", models: ExtractorModels, clip_id: str | None = None,
+                 label_text: str | None = None, *, info: "MediaInfo | None" = None) -> ClipFeatures:
+    """Every feature of one clip, unaligned, as stored in a cache entry.
+
+    ``label_text`` is the labels file's text for the clip (a transcript source when
+    ``extract.asr.sources`` names "labels").  ``info`` is the clip's :func:`probe_clip` result
+    when the caller has it already (the batch probes before loading any model).  Raises
+    ExtractionError (one line naming the file and the cause) for inputs that cannot be used; see
+    the module docstring for flags.
+    """
+    from extractors.acoustic import acoustic_features
+    from extractors.decode import load_audio
+    from extractors.transcript import Transcript, resolve_transcript
+
+    path = Path(path)
+    timings: dict[str, float] = {}
+    flags: list[str] = []
+    t_start = time.perf_counter()
+    if info is None:
+        with _timer(timings, "probe"):
+            info = probe_clip(path, cfg)
+    sr = int(cfg.sample_rate)
+
+    # the video branch (frame decoding + face) runs in a thread beside the audio branch: OpenCV,
+    # MediaPipe and CTranslate2 release the GIL, so on two cores the branches overlap
+    video_job = None
+    pool = None
+    if info.has_video and OVERLAP_VIDEO:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="video")
+        video_job = pool.submit(_video_features, path, cfg, models, timings)
+    try:
+        audio = np.zeros(0, dtype=np.float32)
+        if info.has_audio:
+            with _timer(timings, "decode_audio"):
+                audio = load_audio(path, sr)
+        if audio.size == 0:
+            flags.append("no_audio")
+
+        asr_calls: list[bool] = []
+
+        def recognizer() -> "SpeechRecognizer":
+            asr_calls.append(True)
+            return models.recognizer()
+
+        with _timer(timings, "transcript"):
+            if audio.size:
+                transcript = resolve_transcript(path, audio, sr, label_text, cfg.asr, recognizer)
+            else:   # no sound: nothing to hear or to time words against, so no words (documented)
+                transcript = Transcript(text="", words=[], source="none", times_source="none")
+        used_asr = bool(asr_calls)
+        if audio.size and not transcript.words:
+            flags.append("no_speech")
+        if transcript.times_source == "spread":
+            flags.append("word_times_spread")
+        words = [w.text for w in transcript.words]
+
+        with _timer(timings, "text"):
+            tokens = models.text.encode(words)
+
+        with _timer(timings, "acoustic"):
+            if audio.size:
+                a_feats, a_times, a_names = acoustic_features(audio, sr, cfg.audio)
+                a_feats = np.nan_to_num(np.asarray(a_feats, dtype=np.float32))
+            else:
+                a_names = list(models.audio_names)
+                a_feats, a_times = np.zeros((0, len(a_names)), np.float32), np.zeros(0, np.float32)
+        del audio
+
+        if info.has_video:
+            if video_job is not None:
+                v_feats, v_times, face_mask = video_job.result()
+            else:
+                v_feats, v_times, face_mask = _video_features(path, cfg, models, timings)
+            if face_mask.size and not face_mask.any():
+                flags.append("no_face")
+        else:
+            flags.append("no_video")
+            v_feats = np.zeros((0, len(models.video_names)), np.float32)
+            v_times, face_mask = np.zeros(0, np.float32), np.zeros(0, bool)
+    finally:
+        if pool is not None:
+            if video_job is not None and not video_job.done():
+                video_job.cancel()
+            pool.shutdown(wait=True)      # never leave the face extractor busy in a thread
+    timings["total"] = time.perf_counter() - t_start
+
+    spec = models.spec()
+    meta = {
+        "versions": models.versions(used_asr),
+        "settings": extraction_settings(cfg),
+        "spec": spec,
+        "device": models.device,
+        "counts": {"n_words": len(words), "n_tokens": int(tokens.ids.shape[0]), "frames": int(face_mask.size),
+                   "face_frames": int(face_mask.sum()), "audio_frames": int(a_feats.shape[0])},
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+    }
+    return ClipFeatures(
+        clip_id=clip_id or path.stem, source=str(path), duration_s=float(info.duration_s),
+        transcript=transcript.text, transcript_source=transcript.source, words=words,
+        word_start=np.asarray([w.start for w in transcript.words], dtype=np.float32),
+        word_end=np.asarray([w.end for w in transcript.words], dtype=np.float32),
+        word_times_source=transcript.times_source,
+        text_features=np.asarray(tokens.features, dtype=np.float32),
+        text_ids=np.asarray(tokens.ids, dtype=np.int64), text_mask=np.asarray(tokens.mask, dtype=np.int64),
+        text_segment=np.asarray(tokens.segment, dtype=np.int64),
+        token_word_index=np.asarray(tokens.word_index, dtype=np.int32),
+        audio_features=a_feats, audio_times=np.asarray(a_times, dtype=np.float32),
+        video_features=v_feats, video_times=v_times, face_mask=face_mask,
+        audio_names=list(a_names), video_names=models.video_names, flags=flags, meta=meta)
+
+
+def run_extract(cfg: "PipelineConfig", videos_dir: Path, out: Path | None, labels: Path | None,
+                workers: int | None) -> int:
+    """The ``extract`` command: every clip under ``videos_dir`` into the cache; 0 ok, 3 some failed."""
+    from pipeline.extract_batch import run_batch
+
+    return run_batch(cfg, videos_dir=videos_dir, out=out, labels=labels, workers=workers)
