@@ -1,0 +1,422 @@
+"""The demo corpus: sentences written for this project, spoken by espeak-ng over an expressive face.
+
+Every sentence carries a hand-assigned sentiment score in [-3, 3] (the CMU-MOSI scale).  The corpus
+is split *by sentence* (a sentence is in exactly one of train/valid/test), and the test split is
+spoken only in voices that no training or validation clip uses, so the demo's test figures measure
+recognition of new sentences in a new voice.  Prosody follows the label a little (positive speech a
+bit faster and higher, negative slower and lower, as real speakers' tends to be) and the face smiles
+or frowns with the label (:func:`pipeline.synth.expressive_face`).
+
+:func:`build_corpus` renders the clips into a folder with a ``labels.csv`` in the format of
+``dhmd-pipeline extract --labels`` (clip_id,label,text,split,video_id).  It is idempotent: a clip
+whose render settings are unchanged is not rendered again, and every file appears atomically.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from pipeline.cache import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+CORPUS_VERSION = "1"   # bump when rendering changes, so existing clips are rendered again
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """One sentence of the corpus, its sentiment score in [-3, 3] and its topic."""
+
+    text: str
+    score: float
+    topic: str
+
+
+def _s(score: float, topic: str, text: str) -> Sentence:
+    return Sentence(text=text, score=float(score), topic=topic)
+
+
+# Written for this project.  Scores: +3 very positive ... 0 neutral ... -3 very negative.
+SENTENCES: tuple[Sentence, ...] = (
+    # very positive
+    _s(3, "films", "This is honestly the best film I have seen in years, I loved every minute."),
+    _s(3, "family", "The wedding was perfect and everyone we love was there to celebrate with us."),
+    _s(3, "work", "I got the job! I'm so thrilled I can barely sit still."),
+    _s(3, "travel", "What a fantastic holiday, the beaches were stunning and the people were wonderful."),
+    _s(3, "health", "Her recovery has been nothing short of amazing, and the doctors are delighted."),
+    _s(3, "food", "Absolutely delicious from the first bite to the last, I'd go back tomorrow."),
+    _s(3, "products", "This little camera is brilliant; the pictures come out sharp and gorgeous every time."),
+    _s(3, "sports", "Our team won the championship and the whole town is celebrating tonight."),
+    _s(3, "music", "The concert was magical, easily the happiest night of my whole year."),
+    _s(3, "pets", "I adore my new puppy, she makes every single day brighter."),
+    _s(3, "service", "Truly outstanding service, they went far beyond anything we expected."),
+    _s(3, "family", "Seeing my grandmother laugh like that again filled my heart with joy."),
+    _s(3, "books", "The novel is a masterpiece, beautifully written and impossible to put down."),
+    _s(2.5, "home", "Moving to this neighbourhood was the best decision I ever made, I love it here."),
+    _s(3, "weather", "The sunrise over the mountains was breathtaking, pure bliss."),
+    _s(3, "family", "What a wonderful surprise, thank you so much for thinking of me."),
+    _s(2.5, "food", "The fish was fresh and perfectly cooked, a real treat."),
+    # positive
+    _s(2, "food", "The pasta was really good and the portions were generous."),
+    _s(2, "films", "I enjoyed the movie a lot, especially the clever ending."),
+    _s(2, "products", "My new laptop is fast, quiet, and the battery lasts all day."),
+    _s(2, "family", "We had a lovely sunny afternoon in the park with the kids."),
+    _s(2, "health", "The nurse was kind and patient, which made the whole visit much easier."),
+    _s(2, "work", "Work has been going well lately and my manager praised my report."),
+    _s(2, "travel", "The hotel room was clean, bright and surprisingly spacious."),
+    _s(2, "products", "These running shoes are comfortable and they look great too."),
+    _s(2, "travel", "It was a pleasant flight, smooth and right on time."),
+    _s(2, "home", "I'm happy with how the garden turned out this spring."),
+    _s(2.5, "school", "The new teacher is wonderful with the children and they adore her."),
+    _s(2, "family", "Dinner with my brother was fun, we laughed the whole evening."),
+    _s(2, "products", "The update fixed every problem I had, nice work from the developers."),
+    _s(2, "health", "I feel much stronger since I started swimming twice a week."),
+    _s(2, "travel", "A charming little museum with friendly staff and great exhibits."),
+    _s(1.5, "food", "The soup was warm, tasty and exactly what I needed on a cold day."),
+    _s(2, "family", "I'm proud of the kids, they worked hard and it paid off."),
+    _s(2, "products", "Great value for the price, I would happily buy it again."),
+    _s(2, "family", "The kids loved the zoo and couldn't stop talking about the penguins."),
+    _s(2, "city", "The new bridge finally opened and my commute is twenty minutes shorter."),
+    # mildly positive
+    _s(1, "food", "The coffee here is decent and the staff are friendly enough."),
+    _s(1, "films", "It's not bad at all, actually, better than I expected."),
+    _s(1, "weather", "The weather should clear up by the weekend, which would be nice."),
+    _s(1, "films", "The film had a slow start but the second half was quite enjoyable."),
+    _s(1, "work", "The meeting went fine and we agreed on most points."),
+    _s(1, "health", "My knee feels a bit better today than it did last week."),
+    _s(1, "products", "The phone works well, although the case feels a little cheap."),
+    _s(1, "home", "We found a reasonable apartment close to the station."),
+    _s(1, "travel", "The train was a bit crowded, but it got us there on time."),
+    _s(1, "food", "The salad was fresh, nothing special, but I liked it."),
+    _s(1, "work", "I think the new schedule will work out for most of us."),
+    _s(1.5, "books", "The book was an easy, pleasant read for a long journey."),
+    _s(1, "family", "My sister called to say the move went smoothly."),
+    _s(1, "products", "The headphones sound good for the money."),
+    _s(1, "weather", "It rained in the morning, but the afternoon turned out nice."),
+    _s(1, "school", "I passed the exam, not with a great mark, but I passed."),
+    _s(1, "travel", "The tour guide knew her stuff and kept things moving."),
+    _s(1, "food", "A solid little restaurant, I'd eat there again if I'm nearby."),
+    _s(1.5, "weather", "The rain finally stopped and the whole city smelled fresh."),
+    # neutral
+    _s(0, "travel", "The train leaves at nine and arrives a little after noon."),
+    _s(0, "work", "The meeting has been moved to Thursday afternoon."),
+    _s(0, "food", "I bought bread, milk and a few apples at the market."),
+    _s(0, "films", "The film runs for about two hours and was shot in Canada."),
+    _s(0, "weather", "Tomorrow will be cloudy with temperatures around fifteen degrees."),
+    _s(0, "family", "My brother lives in a small town near the coast."),
+    _s(0, "products", "The package should arrive sometime between Monday and Wednesday."),
+    _s(0, "health", "The doctor asked me to come back in three weeks for another check."),
+    _s(0, "food", "The restaurant opens at six and closes at eleven."),
+    _s(0, "family", "We usually drive to my parents' house on Sundays."),
+    _s(0, "products", "The phone comes in black, white and dark blue."),
+    _s(0, "work", "This report covers sales from January to March."),
+    _s(0, "city", "The museum is on the other side of the river."),
+    _s(0, "travel", "I have to renew my passport before the end of the year."),
+    _s(0, "work", "She works as an engineer at a company downtown."),
+    _s(0, "food", "The recipe calls for two eggs and a cup of flour."),
+    _s(0, "city", "The bus stops here every fifteen minutes."),
+    _s(0, "books", "The book is about a family living in Scotland after the war."),
+    _s(0, "films", "It was okay, I suppose, neither good nor bad."),
+    _s(0, "work", "The printer on the second floor uses a different cable."),
+    _s(0, "home", "We moved the sofa to the other wall of the living room."),
+    _s(0, "travel", "Our flight has a short stop in Frankfurt."),
+    _s(0, "school", "The lecture starts in room twelve at ten o'clock."),
+    # mildly negative
+    _s(-1, "food", "The coffee was a little too bitter for my taste."),
+    _s(-1, "films", "The film dragged in the middle and the ending felt rushed."),
+    _s(-1, "weather", "I'm a bit tired of all this rain."),
+    _s(-1, "travel", "The hotel was fine, but the walls were thin and it got noisy."),
+    _s(-1, "work", "The meeting ran long and we didn't decide much."),
+    _s(-1, "health", "My back has been sore since the weekend."),
+    _s(-1.5, "products", "The instructions were confusing and it took ages to set up."),
+    _s(-1, "products", "Delivery took longer than they promised."),
+    _s(-1.5, "food", "The food was bland and slightly overpriced."),
+    _s(-1, "travel", "I can't say I enjoyed the trip very much."),
+    _s(-1, "work", "The new office is further from home, which is annoying."),
+    _s(-1, "products", "The battery drains faster than I'd like."),
+    _s(-1, "family", "The kids were grumpy all afternoon and nobody wanted to play."),
+    _s(-1, "films", "The show was not as funny as everyone said it would be."),
+    _s(-1, "city", "Traffic was slow again, so I was late for work."),
+    _s(-1, "travel", "The room felt a bit cold and the bed was too soft."),
+    _s(-1, "films", "I was hoping for more from the sequel, honestly."),
+    _s(-1, "food", "The waiter seemed distracted and forgot our drinks."),
+    _s(-1, "city", "I was disappointed that the museum was closed for repairs."),
+    _s(-1, "films", "Honestly not the worst film, but I wouldn't watch it again."),
+    # negative
+    _s(-2, "service", "The service was slow, rude and completely disorganised."),
+    _s(-2, "films", "I really didn't like the movie, the story made no sense."),
+    _s(-2, "products", "This blender broke after two weeks, what a waste of money."),
+    _s(-2, "travel", "The flight was delayed for five hours and nobody told us anything."),
+    _s(-2, "health", "I've been feeling sick all week and I can't sleep."),
+    _s(-2, "work", "My boss criticised my work in front of the whole team."),
+    _s(-2, "home", "The apartment was dirty and smelled of smoke when we arrived."),
+    _s(-2, "weather", "The storm knocked out our power and flooded the basement."),
+    _s(-2, "family", "We argued all evening and the dinner was ruined."),
+    _s(-2, "food", "The soup was cold and the waiter never came back to our table."),
+    _s(-2, "work", "The software keeps crashing and I lost a whole day of work."),
+    _s(-2, "travel", "The hike was miserable, muddy, freezing and far too long."),
+    _s(-2, "products", "I regret buying these headphones, they hurt my ears."),
+    _s(-2, "service", "Customer support ignored my emails for three weeks."),
+    _s(-1.5, "health", "The doctor's news worried me more than I expected."),
+    _s(-2, "travel", "Our holiday was spoiled by constant noise from the construction site."),
+    _s(-2, "films", "The acting was wooden and the jokes fell flat."),
+    _s(-2.5, "school", "I failed the driving test again and I feel stupid."),
+    _s(-2, "products", "The printer jams every other page, it drives me crazy."),
+    # very negative
+    _s(-3, "food", "That was the worst meal I have ever had, absolutely disgusting."),
+    _s(-3, "films", "This film was a complete disaster, I hated every single minute."),
+    _s(-3, "work", "I was fired today and I have no idea how to pay the rent."),
+    _s(-3, "travel", "The hotel was filthy, the staff were hostile, and we left in tears."),
+    _s(-3, "family", "Losing my grandfather has been the most painful thing in my life."),
+    _s(-3, "products", "This phone is total garbage, it died after one day and they refused a refund."),
+    _s(-3, "travel", "The trip was a nightmare from start to finish, everything went wrong."),
+    _s(-3, "health", "I'm furious, they cancelled my surgery again without any explanation."),
+    _s(-3, "service", "Awful, dreadful service, I will never set foot in that shop again."),
+    _s(-3, "travel", "The car broke down in the desert and we were stranded all night, terrified."),
+    _s(-3, "family", "What a horrible, cruel thing to say to a child."),
+    _s(-2.5, "work", "My whole week has been a miserable, exhausting mess."),
+    _s(-3, "music", "The concert was a terrible letdown, the sound was painful and the band was awful."),
+    _s(-3, "books", "This is the most boring, pointless book I have ever tried to read."),
+)
+
+
+@dataclass(frozen=True)
+class Voice:
+    """An espeak-ng voice (language voice + variant) with its base speaking rate and pitch."""
+
+    name: str        # e.g. "en-us+m3", passed to espeak-ng -v
+    rate: int        # words per minute
+    pitch: int       # espeak-ng pitch 0-99
+
+    @property
+    def tag(self) -> str:
+        """A short file-name-safe name, e.g. ``en-us-m3``."""
+        return self.name.replace("+", "-")
+
+
+# Voices of the training and validation clips ...
+TRAIN_VOICES: tuple[Voice, ...] = (
+    Voice("en-us+m3", 160, 45),
+    Voice("en-gb+f2", 150, 55),
+    Voice("en-gb-scotland+m1", 155, 40),
+    Voice("en-us+f4", 165, 60),
+    Voice("en-gb-x-rp+m5", 145, 50),
+    Voice("en-029+f3", 155, 55),
+)
+# ... and the held-out voices, used only for the test split (other accents and other variants).
+TEST_VOICES: tuple[Voice, ...] = (
+    Voice("en-us-nyc+f5", 160, 55),
+    Voice("en-gb-x-gbcwmd+m7", 150, 45),
+)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Everything needed to render one clip, and its label row."""
+
+    clip_id: str
+    video_id: str     # the sentence: clips of one sentence share it
+    text: str
+    score: float
+    split: str
+    voice: str
+    rate: int
+    pitch: int
+    expression: float
+    seed: int
+    fps: float
+
+    def render_hash(self) -> str:
+        """Short hash of the render settings; a changed hash means the clip must be rendered again."""
+        d = asdict(self)
+        d.pop("split")
+        d["version"] = CORPUS_VERSION
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sentence_id(sentence: Sentence) -> str:
+    """Stable id of a sentence: its position in :data:`SENTENCES` (``s000`` ...)."""
+    return f"s{SENTENCES.index(sentence):03d}"
+
+
+def sign(score: float) -> int:
+    return int(np.sign(score))
+
+
+def select_sentences(n: int | None = None, sentences: Sequence[Sentence] = SENTENCES) -> list[Sentence]:
+    """All sentences, or ``n`` of them for a shrunk demo: positive and negative in equal numbers
+    (plus a sixth neutral), each group spread evenly over its scores."""
+    if not n or n >= len(sentences):
+        return list(sentences)
+    if n < 4:
+        raise ValueError(f"a demo needs at least 4 sentences, got {n}")
+    groups = {s: sorted((x for x in sentences if sign(x.score) == s), key=lambda x: (x.score, sentence_id(x)))
+              for s in (-1, 0, 1)}
+    n_neu = min(len(groups[0]), n // 6)
+    n_neg = (n - n_neu) // 2
+    n_pos = n - n_neu - n_neg
+    chosen: list[Sentence] = []
+    for s, k in ((-1, n_neg), (0, n_neu), (1, n_pos)):
+        g = groups[s]
+        if k > len(g):
+            raise ValueError(f"only {len(g)} sentences of sign {s:+d}, asked for {k}")
+        idx = np.unique(np.round(np.linspace(0, len(g) - 1, k)).astype(int)) if k else []
+        chosen += [g[i] for i in idx]
+    return sorted(chosen, key=sentence_id)
+
+
+def split_sentences(sentences: Sequence[Sentence], fractions: Sequence[float] = (0.6, 0.15, 0.25),
+                    seed: int = 7) -> dict[str, list[Sentence]]:
+    """Split sentences (never clips) into train/valid/test, stratified over the score range.
+
+    Sentences are ordered by score (ties in a seeded random order) and dealt out one by one to the
+    split furthest below its share, so every split spans negative, neutral and positive scores.
+    Each split gets at least one sentence.
+    """
+    if len(sentences) < 3:
+        raise ValueError("need at least 3 sentences to make train, valid and test splits")
+    frac = np.asarray(fractions, dtype=float)
+    frac = frac / frac.sum()
+    rng = np.random.default_rng(seed)
+    keys = rng.random(len(sentences))
+    order = sorted(range(len(sentences)), key=lambda i: (sentences[i].score, keys[i]))
+    counts = np.zeros(3)
+    out: dict[str, list[Sentence]] = {k: [] for k in SPLITS}
+    # Deal from a random offset into the pattern so the extremes do not always land in train.
+    start = rng.integers(0, 3)
+    for step, i in enumerate(order):
+        deficit = frac * (step + 1) - counts
+        deficit = np.roll(deficit, -start)
+        k = (int(np.argmax(deficit)) + start) % 3
+        counts[k] += 1
+        out[SPLITS[k]].append(sentences[i])
+    for k in SPLITS:   # tiny corpora: make sure no split is empty
+        if not out[k]:
+            donor = max(SPLITS, key=lambda d: len(out[d]))
+            out[k].append(out[donor].pop(len(out[donor]) // 2))
+    return out
+
+
+def plan_corpus(sentences: Sequence[Sentence], voices_per_sentence: int = 3, fps: float = 15.0,
+                fractions: Sequence[float] = (0.6, 0.15, 0.25), seed: int = 7,
+                train_voices: Sequence[Voice] = TRAIN_VOICES,
+                test_voices: Sequence[Voice] = TEST_VOICES) -> list[ClipSpec]:
+    """The clips of the corpus: which sentence, split, voice, rate, pitch and expression.
+
+    Train and valid sentences are each spoken in ``voices_per_sentence`` training voices (valid in at
+    most 2); test sentences in every held-out voice.  Rate and pitch follow the score a little and
+    are jittered; the expression is ``score / 3`` with a little jitter.
+    """
+    splits = split_sentences(sentences, fractions, seed)
+    rng = np.random.default_rng(seed + 1)
+    specs: list[ClipSpec] = []
+    for split in SPLITS:
+        for sent in sorted(splits[split], key=sentence_id):
+            if split == "test":
+                voices = list(test_voices)
+            else:
+                k = min(len(train_voices), voices_per_sentence if split == "train" else min(2, voices_per_sentence))
+                voices = [train_voices[i] for i in sorted(rng.choice(len(train_voices), size=k, replace=False))]
+            for v in voices:
+                lean = sent.score / 3.0
+                rate = int(round(v.rate + 14 * lean + rng.uniform(-10, 10)))
+                pitch = int(np.clip(round(v.pitch + 8 * lean + rng.uniform(-5, 5)), 0, 99))
+                expression = float(np.clip(lean * rng.uniform(0.8, 1.1) + rng.normal(0, 0.06), -1, 1))
+                sid = sentence_id(sent)
+                specs.append(ClipSpec(clip_id=f"{sid}-{v.tag}", video_id=sid, text=sent.text, score=sent.score,
+                                      split=split, voice=v.name, rate=rate, pitch=pitch,
+                                      expression=round(expression, 3), seed=int(rng.integers(0, 2**31 - 1)),
+                                      fps=float(fps)))
+    return specs
+
+
+def labels_csv(specs: Iterable[ClipSpec], with_text: Iterable[str] = ("train", "valid")) -> str:
+    """The ``extract --labels`` CSV (clip_id,label,text,split,video_id) for ``specs``.
+
+    Only clips of the splits in ``with_text`` carry their transcript; the others (by default the
+    test split) leave it empty, so extraction transcribes their speech as it would new speech.
+    """
+    keep = set(with_text)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["clip_id", "label", "text", "split", "video_id"])
+    for s in specs:
+        w.writerow([s.clip_id, f"{s.score:g}", s.text if s.split in keep else "", s.split, s.video_id])
+    return buf.getvalue()
+
+
+def _render(spec: ClipSpec, out_dir: Path) -> str:
+    """Render one clip to ``out_dir/<clip_id>.mp4`` through a temporary name (worker process)."""
+    from pipeline.synth import make_clip
+
+    final = out_dir / f"{spec.clip_id}.mp4"
+    tmp = out_dir / f".{spec.clip_id}.{os.getpid()}.part"
+    try:
+        make_clip(tmp, spec.text, voice=spec.voice, rate=spec.rate, pitch=spec.pitch, fps=spec.fps,
+                  expression=spec.expression, seed=spec.seed)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return spec.clip_id
+
+
+def build_corpus(out_dir: Path, specs: Sequence[ClipSpec], workers: int = 2,
+                 with_text: Iterable[str] = ("train", "valid")) -> Path:
+    """Render the clips of ``specs`` into ``out_dir`` and write ``labels.csv``; returns its path.
+
+    Clips already rendered with the same settings (recorded in ``out_dir/corpus.json``) are kept;
+    changed or missing ones are rendered, ``workers`` at a time.  Clips in the folder that are not in
+    ``specs`` are removed so that ``extract`` on the folder sees exactly this corpus.
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".*.part"):
+        stale.unlink(missing_ok=True)
+    record_path = out_dir / "corpus.json"
+    try:
+        done: dict[str, str] = json.loads(record_path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        done = {}
+    wanted = {s.clip_id: s for s in specs}
+    if len(wanted) != len(specs):
+        raise ValueError("duplicate clip ids in the corpus plan")
+    for p in out_dir.glob("*.mp4"):
+        if p.stem not in wanted:
+            p.unlink()
+            done.pop(p.stem, None)
+    todo = [s for s in specs if done.get(s.clip_id) != s.render_hash() or not (out_dir / f"{s.clip_id}.mp4").exists()]
+    log.info("corpus: %d clips, %d to render, in %s", len(specs), len(todo), out_dir)
+    if todo:
+        bar = tqdm(total=len(todo), desc="render clips", unit="clip", disable=None)
+        try:
+            if workers > 1 and len(todo) > 1:
+                import multiprocessing as mp
+
+                with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+                    for clip_id in pool.map(_render, todo, [out_dir] * len(todo), chunksize=4):
+                        done[clip_id] = wanted[clip_id].render_hash()
+                        bar.update()
+            else:
+                for spec in todo:
+                    done[_render(spec, out_dir)] = spec.render_hash()
+                    bar.update()
+        finally:
+            bar.close()
+            done = {k: v for k, v in done.items() if k in wanted}
+            atomic_write_text(record_path, json.dumps(done, indent=0, sort_keys=True))
+    labels = out_dir / "labels.csv"
+    atomic_write_text(labels, labels_csv(specs, with_text))
+    return labels

@@ -1,0 +1,157 @@
+"""pipeline.synth (clips of espeak-ng speech over an expressive real face) and the demo sentences."""
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import demo_corpus as dc
+from pipeline import synth
+
+SHORT = "The soup was warm and tasty."
+
+
+def _streams(path: Path) -> dict[str, float]:
+    """codec_type -> duration (s) of each stream, read with ffprobe."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,duration",
+                          "-of", "json", str(path)], check=True, capture_output=True, text=True).stdout
+    return {s["codec_type"]: float(s["duration"]) for s in json.loads(out)["streams"]}
+
+
+def _frames(path: Path, every: int = 6) -> list[np.ndarray]:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames, i = [], 0
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        if i % every == 0:
+            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        i += 1
+    cap.release()
+    return frames
+
+
+@pytest.fixture(scope="module")
+def face_mesh():
+    import mediapipe as mp
+
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True) as m:
+        yield m
+
+
+def _lip_lift(mesh, frame: np.ndarray) -> float:
+    """How far the lip corners sit above the lip centre, in interocular distances (smile > 0)."""
+    res = mesh.process(frame)
+    assert res.multi_face_landmarks, "MediaPipe lost the face in a rendered frame"
+    h, w = frame.shape[:2]
+    p = np.array([[q.x * w, q.y * h] for q in res.multi_face_landmarks[0].landmark])
+    # Measured along the face's own vertical axis, so the gentle head roll does not bias it.
+    across = p[263] - p[33]
+    iod = float(np.linalg.norm(across))
+    up = np.array([across[1], -across[0]]) / iod          # perpendicular to the eye line, pointing up
+    centre = (p[13] + p[14]) / 2
+    corners = (p[61] + p[291]) / 2
+    return float(np.dot(corners - centre, up) / iod)
+
+
+def test_clip_has_audio_and_video_of_the_speech_duration(make_clip, tmp_path):
+    clip = make_clip(SHORT, voice="en-gb+f2", rate=170, pitch=60, fps=15.0, expression=0.5)
+    speech_s = synth.speak(SHORT, tmp_path / "ref.wav", voice="en-gb+f2", rate=170, pitch=60)
+    streams = _streams(clip)
+    assert set(streams) == {"audio", "video"}
+    expected = speech_s + 0.3
+    assert streams["video"] == pytest.approx(expected, abs=0.15)
+    assert streams["audio"] == pytest.approx(expected, abs=0.15)
+    frames = _frames(clip, every=1)
+    assert len(frames) == pytest.approx(expected * 15, abs=3)
+    assert frames[0].shape == (synth.FACE_SIZE, synth.FACE_SIZE, 3)
+    # The head moves gently: frames differ, but not wildly.
+    diff = np.abs(frames[0].astype(float) - frames[len(frames) // 2].astype(float)).mean()
+    assert 1.0 < diff < 40.0
+
+
+def test_clip_without_audio_has_only_video(make_clip):
+    clip = make_clip("Short and silent.", audio=False)
+    assert set(_streams(clip)) == {"video"}
+
+
+def test_expression_warp_moves_lip_corners_in_rendered_clips(make_clip, face_mesh):
+    lifts = {}
+    for e in (-1.0, 0.0, 1.0):
+        clip = make_clip(SHORT, voice="en-us", fps=15.0, expression=e, seed=3)
+        lifts[e] = float(np.median([_lip_lift(face_mesh, f) for f in _frames(clip)]))
+    # Corners up for a smile, down for a frown, by a clear margin over frame-to-frame noise.
+    assert lifts[1.0] > lifts[0.0] + 0.03
+    assert lifts[-1.0] < lifts[0.0] - 0.03
+
+
+def test_expression_warp_is_smooth_local_and_zero_at_zero():
+    face = synth.base_face()
+    assert np.array_equal(synth.expressive_face(0.0), face)
+    smile = synth.expressive_face(1.0).astype(float)
+    changed = np.abs(smile - face).max(axis=2) > 12
+    ys, xs = np.nonzero(changed)
+    pts = synth.base_landmarks()
+    # Only the face changes: nothing far outside the box of the face-mesh landmarks moves.
+    x0, y0 = pts.min(axis=0) - 20
+    x1, y1 = pts.max(axis=0) + 20
+    assert changed.sum() > 50
+    assert xs.min() >= x0 and xs.max() <= x1 and ys.min() >= y0 and ys.max() <= y1
+    map_x, map_y = synth.expression_maps(-1.0)
+    grid_y, grid_x = np.mgrid[0:synth.FACE_SIZE, 0:synth.FACE_SIZE]
+    shift = np.hypot(map_x - grid_x, map_y - grid_y)
+    assert 3.0 < shift.max() < 15.0          # a few pixels, not a distortion
+
+
+def test_sentences_are_many_distinct_graded_and_varied():
+    texts = [s.text for s in dc.SENTENCES]
+    assert len(set(texts)) == len(texts) >= 100
+    scores = np.array([s.score for s in dc.SENTENCES])
+    assert scores.min() >= -3 and scores.max() <= 3
+    classes = Counter(int(round(s)) for s in scores)
+    assert set(classes) == set(range(-3, 4)) and min(classes.values()) >= 8
+    signs = Counter(np.sign(scores).astype(int))
+    assert signs[0] >= 10 and abs(signs[1] - signs[-1]) <= 0.1 * len(scores)
+    assert len({s.topic for s in dc.SENTENCES}) >= 8
+    assert all(5 <= len(t.split()) <= 20 for t in texts)
+    # Not templates: few sentences share their first three words.
+    openings = Counter(" ".join(t.lower().split()[:3]) for t in texts)
+    assert openings.most_common(1)[0][1] <= 3
+
+
+@pytest.mark.parametrize("n", [None, 12, 30])
+def test_corpus_plan_keeps_sentences_and_test_voices_apart(n):
+    sentences = dc.select_sentences(n)
+    specs = dc.plan_corpus(sentences, voices_per_sentence=3)
+    split_of: dict[str, set[str]] = {}
+    for s in specs:
+        split_of.setdefault(s.text, set()).add(s.split)
+    assert all(len(v) == 1 for v in split_of.values()), "a sentence is in two splits"
+    assert {s.split for s in specs} == set(dc.SPLITS)
+    test_voices = {s.voice for s in specs if s.split == "test"}
+    seen_voices = {s.voice for s in specs if s.split != "test"}
+    assert test_voices and not test_voices & seen_voices
+    for split in dc.SPLITS:
+        signs = {int(np.sign(s.score)) for s in specs if s.split == split}
+        if split != "valid" or n is None:
+            assert {-1, 1} <= signs, f"{split} lacks a sign"
+    assert len({s.clip_id for s in specs}) == len(specs)
+    # Expression and prosody follow the label.
+    pos = [s for s in specs if s.score >= 2]
+    neg = [s for s in specs if s.score <= -2]
+    assert all(s.expression > 0.3 for s in pos) and all(s.expression < -0.3 for s in neg)
+    assert np.mean([s.pitch for s in pos]) > np.mean([s.pitch for s in neg])
+
+
+def test_shrunk_selection_is_balanced():
+    sel = dc.select_sentences(12)
+    assert len(sel) == 12 == len({s.text for s in sel})
+    signs = Counter(int(np.sign(s.score)) for s in sel)
+    assert signs[1] == signs[-1] == 5 and signs[0] == 2
