@@ -1,0 +1,29 @@
+"""Adaptive fusion of coarse- and fine-grained features and the final prediction (paper Sec. 3.3 end).
+
+The paper concatenates, per modality and per space, the coarse-grained (GD-enhanced, pooled) feature
+with the fine-grained (dictionary reconstruction) feature, and fuses the concatenations "adaptively".
+Here each such block (up to 6: 3 modalities x {homogeneous, heterogeneous}) is gated element-wise by a
+sigmoid of a linear map of itself - the block decides which of its channels matter, which is the DMD
+code's sigmoid weighting - the gated blocks are concatenated, passed through a residual two-layer MLP
+(the DMD output stage) and a linear layer gives the prediction.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class FusionHead(nn.Module):
+    """Gated concatenation of feature blocks -> residual MLP -> prediction (B, out_dim)."""
+
+    def __init__(self, block_dims: list[int], out_dim: int, dropout: float) -> None:
+        super().__init__()
+        width = sum(block_dims)
+        self.gates = nn.ModuleList(nn.Linear(d, d) for d in block_dims)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(width, width))
+        self.out = nn.Linear(width, out_dim)
+
+    def forward(self, blocks: list[Tensor]) -> Tensor:
+        x = torch.cat([b * torch.sigmoid(gate(b)) for b, gate in zip(blocks, self.gates)], dim=-1)
+        return self.out(x + self.mlp(x))

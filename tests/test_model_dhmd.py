@@ -1,0 +1,274 @@
+"""The assembled DHMD model: interface, padding invariance, variable lengths, losses and their gradients,
+overfitting, ablation switches, determinism, and bf16 autocast on CUDA."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dhmd import DHMD, DHMDConfig, DHMDOutput
+
+DIMS = {"text_dim": 12, "audio_dim": 5, "video_dim": 7}
+LOSS_KEYS = {"task", "rec", "cyc", "mar", "ort", "dtl_homo", "dtl_hetero", "ctr_homo", "ctr_hetero", "total"}
+NO_DROPOUT = dict(attn_dropout=0.0, relu_dropout=0.0, res_dropout=0.0, embed_dropout=0.0, out_dropout=0.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP contention with other test processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_cfg(**kw) -> DHMDConfig:
+    base = dict(DIMS, hidden_dim=16, num_heads=2, num_layers=1, dictionary_size=16, gd_hidden=8,
+                kernel_text=3, kernel_audio=5, kernel_video=4)
+    base.update(kw)
+    return DHMDConfig(**base)
+
+
+def random_sample(lengths: tuple[int, int, int], dims=DIMS) -> list[torch.Tensor]:
+    return [torch.randn(t, d) for t, d in zip(lengths, dims.values())]
+
+
+def pad_batch(samples: list[list[torch.Tensor]], junk: float = 100.0):
+    """Right-pad like pipeline.dataset.collate, but fill padding with random junk."""
+    inputs, masks = [], []
+    for m in range(3):
+        longest = max(s[m].shape[0] for s in samples)
+        x = torch.randn(len(samples), longest, samples[0][m].shape[1]) * junk
+        mask = torch.zeros(len(samples), longest, dtype=torch.bool)
+        for b, s in enumerate(samples):
+            x[b, : s[m].shape[0]] = s[m]
+            mask[b, : s[m].shape[0]] = True
+        inputs.append(x)
+        masks.append(mask)
+    return inputs, dict(text_mask=masks[0], audio_mask=masks[1], video_mask=masks[2])
+
+
+def batch_with_labels(batch=8, lengths=(6, 10, 12), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = [torch.randn(batch, t, d, generator=g) for t, d in zip(lengths, DIMS.values())]
+    y = torch.linspace(-2.5, 2.9, batch)                                      # both signs: triplets exist
+    return x, y
+
+
+# ------------------------------------------------------------------------------------ interface
+@pytest.mark.parametrize("task,n_classes", [("regression", 2), ("binary", 2), ("classification", 5)])
+def test_output_interface(task, n_classes):
+    torch.manual_seed(0)
+    model = DHMD(small_cfg(task=task, n_classes=n_classes))
+    x, y = batch_with_labels(batch=6)
+    labels = y if task == "regression" else torch.arange(6) % n_classes
+    out = model(*x, labels=labels)
+    assert isinstance(out, DHMDOutput)
+    shape = (6,) if task == "regression" else (6, n_classes)
+    assert out.prediction.shape == shape
+    assert set(out.unimodal) == {"text", "audio", "video"}
+    assert all(v.shape == shape for v in out.unimodal.values())
+    assert set(out.losses) == LOSS_KEYS and all(torch.isfinite(v) for v in out.losses.values())
+    for edges in (out.edges_homo, out.edges_hetero):
+        assert edges.shape == (6, 3, 3) and torch.all(edges >= 0)
+        assert torch.all(torch.diagonal(edges, dim1=1, dim2=2) == 0)
+    for attn in (out.dict_attn_homo, out.dict_attn_hetero):
+        assert attn.shape == (6, 3, 16) and torch.allclose(attn.sum(-1), torch.ones(6, 3))
+    assert model(*x).losses == {}                                               # no labels, no losses
+    cfg = model.config
+    dec = out.losses["rec"] + out.losses["cyc"] + cfg.gamma * (out.losses["mar"] + out.losses["ort"])
+    expected = (out.losses["task"] + cfg.lambda_dec * dec
+                + cfg.lambda_dtl * (out.losses["dtl_homo"] + out.losses["dtl_hetero"])
+                + cfg.lambda_dic * (out.losses["ctr_homo"] + out.losses["ctr_hetero"]))   # Eq. 14
+    assert torch.allclose(out.losses["total"], expected)
+
+
+def test_wrong_input_shapes_are_named():
+    model = DHMD(small_cfg())
+    x, _ = batch_with_labels(batch=2)
+    with pytest.raises(ValueError, match="audio input"):
+        model(x[0], torch.randn(2, 10, 4), x[2])
+    with pytest.raises(ValueError, match="mask"):
+        model(*x, video_mask=torch.ones(2, 3, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------------------- padding invariance
+@pytest.mark.parametrize("switches", [{}, {"use_fd": False}, {"use_ca": False, "use_gd": False}])
+def test_prediction_does_not_depend_on_padding(switches):
+    torch.manual_seed(0)
+    model = DHMD(small_cfg(num_layers=2, **switches)).eval()
+    target = random_sample((5, 9, 11))
+    others = [random_sample((8, 23, 30)), random_sample((7, 16, 13)), random_sample((2, 30, 4))]
+    with torch.no_grad():
+        alone = model(*[t.unsqueeze(0) for t in target])
+        inputs, masks = pad_batch([target] + others)
+        batch = model(*inputs, **masks)
+        moved = pad_batch([others[0], target])                                 # second row this time
+        batch2 = model(*moved[0], **moved[1])
+    for out, row in ((batch, 0), (batch2, 1)):
+        assert torch.allclose(out.prediction[row], alone.prediction[0], atol=1e-4)
+        for name in ("text", "audio", "video"):
+            assert torch.allclose(out.unimodal[name][row], alone.unimodal[name][0], atol=1e-4)
+        for key in ("edges_homo", "edges_hetero", "dict_attn_homo", "dict_attn_hetero"):
+            if getattr(alone, key) is not None:
+                assert torch.allclose(getattr(out, key)[row], getattr(alone, key)[0], atol=1e-4), key
+
+
+def test_sample_without_any_real_frame_gets_a_finite_prediction():
+    torch.manual_seed(0)
+    model = DHMD(small_cfg()).eval()
+    inputs, masks = pad_batch([random_sample((5, 9, 11)), random_sample((4, 6, 8))])
+    masks["video_mask"][1] = False                                             # no face in clip 2
+    with torch.no_grad():
+        out = model(*inputs, **masks)
+    assert torch.isfinite(out.prediction).all() and torch.isfinite(out.dict_attn_hetero).all()
+
+
+# ---------------------------------------------------------------------------- sequence lengths
+def test_aligned_and_unaligned_lengths_with_one_model():
+    torch.manual_seed(0)
+    model = DHMD(small_cfg(text_dim=16, video_dim=20))
+    for lengths in ((50, 50, 50), (50, 375, 500), (3, 1, 2)):
+        x = [torch.randn(2, t, d) for t, d in zip(lengths, (16, 5, 20))]
+        out = model(*x, labels=torch.tensor([-1.0, 2.0]))
+        out.losses["total"].backward()
+        assert out.prediction.shape == (2,) and torch.isfinite(out.losses["total"])
+
+
+def test_paper_default_model_on_mosi_unaligned_shapes():
+    torch.manual_seed(0)
+    model = DHMD(DHMDConfig(text_dim=768, audio_dim=5, video_dim=20))
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 3e6 < n_params < 5e6
+    assert model.dict_homo.atoms.shape == (512, 50) and model.dict_hetero.atoms.shape == (512, 100)
+    assert len(model.crossmodal.cross["0_to_1"].layers) == 4
+    x = [torch.randn(2, t, d) for t, d in zip((50, 375, 500), (768, 5, 20))]
+    model.eval()
+    with torch.no_grad():
+        out = model(*x, labels=torch.tensor([0.5, -1.5]))
+    assert out.dict_attn_homo.shape == (2, 3, 512) and set(out.losses) == LOSS_KEYS
+
+
+# ------------------------------------------------------------------------------ loss gradients
+def test_each_loss_trains_its_own_parameters():
+    torch.manual_seed(0)
+    model = DHMD(small_cfg(**NO_DROPOUT))
+    x, y = batch_with_labels()
+    out = model(*x, labels=y)
+    targets = {
+        "task": ["fusion.out.weight", "head_homo.weight", "head_hetero.weight", "projections.1.conv.weight"],
+        "rec": ["decoupler.decoders.0.weight", "decoupler.shared_encoder.weight"],
+        "cyc": ["decoupler.private_encoders.2.weight", "decoupler.decoders.2.weight"],
+        "mar": ["decoupler.shared_encoder.weight", "projections.0.conv.weight"],
+        "ort": ["decoupler.shared_encoder.weight", "decoupler.private_encoders.1.weight"],
+        "dtl_homo": ["gd_homo.edge.weight", "gd_homo.node.weight", "head_homo.weight"],
+        "dtl_hetero": ["gd_hetero.edge.weight", "gd_hetero.node.weight", "head_hetero.weight"],
+        "ctr_homo": ["dict_homo.atoms", "decoupler.shared_encoder.weight"],
+        "ctr_hetero": ["dict_hetero.atoms", "crossmodal.cross.1_to_0.layers.0.to_q.weight"],
+    }
+    untouched = {"rec": "dict_homo.atoms", "dtl_homo": "gd_hetero.edge.weight",
+                 "ctr_homo": "dict_hetero.atoms",
+                 "ctr_hetero": "decoupler.shared_encoder.weight", "mar": "crossmodal.memory.0.norm.weight"}
+    params = dict(model.named_parameters())
+    for name, wanted in targets.items():
+        loss = out.losses[name]
+        assert torch.isfinite(loss) and loss > 0, name
+        grads = torch.autograd.grad(loss, [params[p] for p in wanted], retain_graph=True, allow_unused=True)
+        for p, g in zip(wanted, grads):
+            assert g is not None and g.abs().sum() > 0, f"{name} does not reach {p}"
+        if name in untouched:
+            (g,) = torch.autograd.grad(loss, [params[untouched[name]]], retain_graph=True, allow_unused=True)
+            assert g is None or g.abs().sum() == 0, f"{name} leaks into {untouched[name]}"
+
+
+def test_tiny_batch_is_overfitted():
+    torch.manual_seed(0)
+    model = DHMD(small_cfg(**NO_DROPOUT))
+    x, y = batch_with_labels()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        out = model(*x, labels=y)
+        opt.zero_grad()
+        out.losses["total"].backward()
+        opt.step()
+        first = first or {k: v.item() for k, v in out.losses.items()}
+    last = {k: v.item() for k, v in out.losses.items()}
+    assert last["total"] < 0.1 * first["total"], (first, last)
+    assert last["task"] < 0.1 * first["task"], (first, last)
+
+
+# ---------------------------------------------------------------------------- ablation switches
+TABLE6 = [  # (fd, ca, gd, dm) rows of the paper's Table 6
+    (True, True, True, False), (True, True, False, True), (True, True, False, False),
+    (False, True, False, True), (True, False, False, False), (False, False, False, False)]
+
+
+@pytest.mark.parametrize("fd,ca,gd,dm", TABLE6)
+def test_ablation_switches_remove_modules_and_losses(fd, ca, gd, dm):
+    torch.manual_seed(0)
+    full = DHMD(small_cfg(**NO_DROPOUT))
+    model = DHMD(small_cfg(use_fd=fd, use_ca=ca, use_gd=gd, use_dm=dm, **NO_DROPOUT))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(model) < count(full)
+    assert (model.decoupler is not None) == fd and (model.crossmodal is not None) == ca
+    assert (model.gd_hetero is not None) == gd and (model.dict_hetero is not None) == dm
+    x, y = batch_with_labels()
+    out = model(*x, labels=y)
+    expected = {"task", "total"}
+    expected |= {"rec", "cyc", "mar", "ort"} if fd else set()
+    expected |= (({"dtl_homo"} if fd else set()) | {"dtl_hetero"}) if gd else set()
+    expected |= (({"ctr_homo"} if fd else set()) | {"ctr_hetero"}) if dm else set()
+    assert set(out.losses) == expected
+    assert (out.edges_hetero is not None) == gd and (out.dict_attn_hetero is not None) == dm
+    assert (out.edges_homo is not None) == (fd and gd) and (out.dict_attn_homo is not None) == (fd and dm)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)                        # and it still trains
+    start = out.losses["task"].item()
+    for _ in range(25):
+        out = model(*x, labels=y)
+        opt.zero_grad()
+        out.losses["total"].backward()
+        opt.step()
+    assert out.losses["task"].item() < 0.7 * start
+
+
+# --------------------------------------------------------------------------------- determinism
+def test_same_seed_same_result_on_cpu():
+    def run():
+        torch.manual_seed(123)
+        model = DHMD(small_cfg())                                              # dropout on, train mode
+        x, y = batch_with_labels(seed=5)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(2):
+            out = model(*x, labels=y)
+            opt.zero_grad()
+            out.losses["total"].backward()
+            opt.step()
+        return out.prediction.detach(), model.fusion.out.weight.detach().clone()
+    (p1, w1), (p2, w2) = run(), run()
+    assert torch.equal(p1, p2) and torch.equal(w1, w2)
+
+
+# ------------------------------------------------------------------------------------------ CUDA
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_autocast_agrees_with_fp32_on_cuda():
+    torch.manual_seed(0)
+    model = DHMD(DHMDConfig(text_dim=768, audio_dim=5, video_dim=20)).cuda().eval()
+    x = [torch.randn(4, t, d) for t, d in zip((50, 375, 500), (768, 5, 20))]
+    inputs, masks = pad_batch([[s[b] for s in x] for b in range(4)], junk=1.0)
+    masks["audio_mask"][1, 300:] = False                                       # real padding: masked SDPA
+    masks = {k: v.cuda() for k, v in masks.items()}
+    y = torch.tensor([-2.0, -0.5, 0.7, 2.4], device="cuda")
+    with torch.no_grad():
+        ref = model(*[i.cuda() for i in inputs], **masks, labels=y)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = model(*[i.cuda() for i in inputs], **masks, labels=y)
+    scale = ref.prediction.abs().max().clamp_min(1.0)
+    assert torch.allclose(low.prediction.float(), ref.prediction, atol=0.05 * scale)
+    assert torch.allclose(low.dict_attn_hetero.float(), ref.dict_attn_hetero, atol=0.02)
+    assert torch.allclose(low.losses["total"], ref.losses["total"], rtol=0.05)
+    model.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(*[i.cuda() for i in inputs], **masks, labels=y)
+    out.losses["total"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
