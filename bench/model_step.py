@@ -1,0 +1,135 @@
+"""Benchmark one DHMD training step (forward + backward + Adam) at CMU-MOSI unaligned shapes.
+
+Prints a Markdown table: device, batch, step time, samples/s, peak memory.  Shapes are MOSI's unaligned
+features (text 50 x 768 BERT, audio 375 x 5, video 500 x 20) with the paper's default model (C=50, 10
+heads, 4 layers, K=512).  Each (device, batch) runs in a fresh process so that memory peaks do not mix.
+
+Memory: on CUDA torch.cuda.max_memory_allocated() after reset_peak_memory_stats() (tensors only, not the
+allocator's cache); on CPU the rise of the process's peak resident set size (ru_maxrss) over its value
+after the model and the batch were built (before the warm-up steps), i.e. what training steps add
+(activations, gradients, Adam state).
+
+    python bench/model_step.py --device auto --batch-sizes 16 64 --steps 5
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a checkout as well
+
+from dhmd import DHMD, DHMDConfig  # noqa: E402
+
+SHAPES = {"text": (50, 768), "audio": (375, 5), "video": (500, 20)}
+
+
+def make_batch(batch: int, device: torch.device, padding: str, seed: int = 0) -> dict:
+    """Random features; with padding="random" each sample keeps 50-100% of each modality's frames."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, (length, dim) in SHAPES.items():
+        out[name] = torch.randn(batch, length, dim, generator=g).to(device)
+        if padding == "random":
+            keep = torch.randint(length // 2, length + 1, (batch,), generator=g)
+            keep[0] = length                                              # the batch spans full length
+            out[f"{name}_mask"] = (torch.arange(length).unsqueeze(0) < keep.unsqueeze(1)).to(device)
+    out["labels"] = (torch.rand(batch, generator=g) * 6 - 3).to(device)
+    return out
+
+
+def measure(device_name: str, batch: int, steps: int, warmup: int, amp: bool, padding: str) -> dict:
+    """Time `steps` training steps after `warmup` ones; runs inside a fresh process."""
+    torch.manual_seed(0)
+    device = torch.device(device_name)
+    model = DHMD(DHMDConfig(text_dim=768, audio_dim=5, video_dim=20)).to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    inputs = make_batch(batch, device, padding)
+    use_amp = amp and device.type == "cuda"
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = model(**inputs).losses["total"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.6)
+        opt.step()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    elapsed = (time.perf_counter() - start) / steps
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        mem_kind = "max_memory_allocated"
+    else:
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+        mem_kind = "ru_maxrss rise"
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "batch": batch, "ms": elapsed * 1000, "sps": batch / elapsed, "mem": peak, "mem_kind": mem_kind,
+            "precision": "bf16 autocast" if use_amp else "fp32",
+            "threads": torch.get_num_threads(),
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def _child(queue: mp.Queue, args: tuple) -> None:
+    queue.put(measure(*args))
+
+
+def run_isolated(*args) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, args))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: CPU, plus CUDA when present")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per setting")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--no-amp", action="store_true", help="fp32 on CUDA instead of bf16 autocast")
+    parser.add_argument("--padding", choices=["random", "none"], default="random",
+                        help="random: samples keep 50-100%% of the frames (masked); none: all frames real")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA device is available")
+    devices = {"auto": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
+               "cpu": ["cpu"], "cuda": ["cuda"]}[args.device]
+    rows = [run_isolated(d, b, args.steps, args.warmup, not args.no_amp, args.padding)
+            for d in devices for b in args.batch_sizes]
+    print(f"DHMD training step, CMU-MOSI unaligned shapes (text 50x768, audio 375x5, video 500x20), "
+          f"paper defaults ({rows[0]['params'] / 1e6:.2f} M parameters), padding={args.padding}, "
+          f"{args.steps} timed steps after {args.warmup} warm-up\n")
+    print("| device | precision | batch | step ms | samples/s | peak memory MiB | memory measure |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for r in rows:
+        dev = r["device"] + (f" ({r['threads']} threads)" if r["device"] == "cpu" else "")
+        print(f"| {dev} | {r['precision']} | {r['batch']} | {r['ms']:.0f} | {r['sps']:.1f} | "
+              f"{r['mem']:.0f} | {r['mem_kind']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
