@@ -81,8 +81,11 @@ one clip's track never leaks into the next.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import TYPE_CHECKING
+import os
+import sys
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -252,6 +255,32 @@ def check_frame(frame_rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+@contextlib.contextmanager
+def _native_stderr_quiet() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null while MediaPipe's graph starts.
+
+    MediaPipe's C++ side prints several absl warnings (``W0000 ... inference_feedback_manager``)
+    straight to fd 2 each time a face-mesh graph starts, i.e. once per clip, and Python's logging
+    cannot reach them.  They are harmless, so they are hidden unless debug logging is on.
+    """
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+    except (AttributeError, ValueError):
+        pass
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class MediaPipeFaceExtractor:
     """Per-frame features of the largest face found by MediaPipe's face mesh (offline, CPU).
 
@@ -285,7 +314,9 @@ class MediaPipeFaceExtractor:
         """Forget any tracked face: call between clips so no state leaks from one to the next."""
         self.close()
         try:
-            self._mesh = self._new_mesh()
+            with _native_stderr_quiet():
+                self._mesh = self._new_mesh()
+            self._graph_started = False
         except Exception as e:
             raise ModelLoadError(f"face backend 'mediapipe': cannot start the face mesh ({e})") from None
 
@@ -294,7 +325,12 @@ class MediaPipeFaceExtractor:
         frame = check_frame(frame_rgb)
         if self._mesh is None:
             self.reset()
-        result = self._mesh.process(frame)
+        if self._graph_started:
+            result = self._mesh.process(frame)
+        else:  # the first frame starts the graph, which is when MediaPipe's native warnings come
+            with _native_stderr_quiet():
+                result = self._mesh.process(frame)
+            self._graph_started = True
         h, w = frame.shape[:2]
         best, best_area = None, -1.0
         for face in result.multi_face_landmarks or []:

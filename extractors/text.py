@@ -92,6 +92,7 @@ class TextEncoder:
         self.device = torch.device(device)
         target, self.name, note = resolve_text_model(cfg.model)
         self.version = f"transformers {transformers.__version__}; torch {torch.__version__}{note}"
+        transformers.utils.logging.disable_progress_bar()   # its weight-loading bar, once per worker
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(target)
             self.model = AutoModel.from_pretrained(target)
