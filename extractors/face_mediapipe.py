@@ -84,7 +84,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
+import threading
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
@@ -255,30 +257,95 @@ def check_frame(frame_rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-@contextlib.contextmanager
-def _native_stderr_quiet() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null while MediaPipe's graph starts.
+_NATIVE_NOISE = re.compile(
+    rb"^(?:[WI]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.]+:\d+\] "      # absl W/I lines (E kept)
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate"
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called)")
 
-    MediaPipe's C++ side prints several absl warnings (``W0000 ... inference_feedback_manager``)
-    straight to fd 2 each time a face-mesh graph starts, i.e. once per clip, and Python's logging
-    cannot reach them.  They are harmless, so they are hidden unless debug logging is on.
+
+class _StderrSilencer:
+    """Reference-counted, thread-safe filter on file descriptor 2 that drops MediaPipe's native noise.
+
+    MediaPipe's C++ side prints absl warnings (``W0000 ... inference_feedback_manager``) and a TFLite
+    notice straight to fd 2 from its graph threads, asynchronously, each time a face-mesh graph starts
+    (once per clip); Python's logging cannot reach them.  While a window is open, fd 2 is a pipe read by
+    a thread that forwards every line to the real stderr except those, so nothing else (Python logs of
+    other threads, real errors) is lost.  Nested or concurrent windows share one pipe: the first opens
+    it, the last restores fd 2 and waits for the forwarder to drain.  With debug logging on nothing is
+    filtered.
     """
-    if log.isEnabledFor(logging.DEBUG):
-        yield
-        return
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: int | None = None
+        self._reader: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        """Open (or join) the window; False when debug logging keeps stderr as it is."""
+        if log.isEnabledFor(logging.DEBUG):
+            return False
+        with self._lock:
+            if self._depth == 0:
+                try:
+                    sys.stderr.flush()
+                except (AttributeError, ValueError):
+                    pass
+                read_end, write_end = os.pipe()
+                self._saved = os.dup(2)
+                os.dup2(write_end, 2)
+                os.close(write_end)
+                self._reader = threading.Thread(target=_forward, args=(read_end, self._saved),
+                                                name="stderr-filter", daemon=True)
+                self._reader.start()
+            self._depth += 1
+        return True
+
+    def release(self) -> None:
+        """Leave the window; the last one out restores fd 2 and drains the pipe."""
+        with self._lock:
+            if self._depth == 0:
+                return
+            self._depth -= 1
+            if self._depth or self._saved is None:
+                return
+            try:
+                sys.stderr.flush()
+            except (AttributeError, ValueError):
+                pass
+            os.dup2(self._saved, 2)        # the pipe's last writer is gone: the forwarder sees EOF
+            if self._reader is not None:
+                self._reader.join(timeout=5)
+            os.close(self._saved)
+            self._saved, self._reader = None, None
+
+
+def _forward(read_end: int, target: int) -> None:
+    """Copy lines from the pipe to the real stderr, dropping MediaPipe's native noise."""
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        pending = b""
+        while chunk := pipe.read(65536):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            kept = [line + b"\n" for line in lines if not _NATIVE_NOISE.match(line)]
+            if kept:
+                os.write(target, b"".join(kept))
+        if pending and not _NATIVE_NOISE.match(pending):
+            os.write(target, pending)
+
+
+_SILENCER = _StderrSilencer()
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Drop MediaPipe's native stderr noise during the block (see :class:`_StderrSilencer`)."""
+    entered = _SILENCER.acquire()
     try:
-        sys.stderr.flush()
-    except (AttributeError, ValueError):
-        pass
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        if entered:
+            _SILENCER.release()
 
 
 class MediaPipeFaceExtractor:
@@ -311,26 +378,33 @@ class MediaPipeFaceExtractor:
             min_detection_confidence=self._cfg.min_detection_confidence)
 
     def reset(self) -> None:
-        """Forget any tracked face: call between clips so no state leaks from one to the next."""
+        """Forget any tracked face: call between clips so no state leaks from one to the next.
+
+        A new graph is started and run on one blank frame inside a stderr-filter window: MediaPipe
+        prints its start-up warnings from its own threads once the graph runs, so the window closes
+        only when a frame has been through (a blank frame finds no face, so no tracking state is left).
+        """
         self.close()
-        try:
-            with _native_stderr_quiet():
+        self._face_seen = False
+        with quiet_native_stderr():
+            try:
                 self._mesh = self._new_mesh()
-            self._graph_started = False
-        except Exception as e:
-            raise ModelLoadError(f"face backend 'mediapipe': cannot start the face mesh ({e})") from None
+                self._mesh.process(np.zeros((64, 64, 3), dtype=np.uint8))
+            except Exception as e:
+                self._mesh = None
+                raise ModelLoadError(f"face backend 'mediapipe': cannot start the face mesh ({e})") from None
 
     def largest_face_points(self, frame_rgb: np.ndarray) -> np.ndarray | None:
         """(478, 3) mesh points in pixels of the face with the largest landmark box, or None."""
         frame = check_frame(frame_rgb)
         if self._mesh is None:
             self.reset()
-        if self._graph_started:
+        if self._face_seen:
             result = self._mesh.process(frame)
-        else:  # the first frame starts the graph, which is when MediaPipe's native warnings come
-            with _native_stderr_quiet():
+        else:   # the first face found makes the landmark stage print one more native warning
+            with quiet_native_stderr():
                 result = self._mesh.process(frame)
-            self._graph_started = True
+            self._face_seen = bool(result.multi_face_landmarks)
         h, w = frame.shape[:2]
         best, best_area = None, -1.0
         for face in result.multi_face_landmarks or []:

