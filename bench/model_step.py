@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import queue as queue_module
 import resource
 import sys
 import time
@@ -43,11 +44,26 @@ def make_batch(batch: int, device: torch.device, padding: str, seed: int = 0) ->
     return out
 
 
-def measure(device_name: str, batch: int, steps: int, warmup: int, amp: bool, padding: str) -> dict:
+def parse_overrides(items: list[str]) -> dict:
+    """`field=value` pairs for DHMDConfig, each value converted to the type of the field's default."""
+    defaults = DHMDConfig(text_dim=768, audio_dim=5, video_dim=20).to_dict()
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in defaults:
+            raise SystemExit(f"--set {item!r}: expected field=value with a DHMDConfig field")
+        kind = type(defaults[key])
+        out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return out
+
+
+def measure(device_name: str, batch: int, steps: int, warmup: int, amp: bool, padding: str,
+            overrides: dict | None = None) -> dict:
     """Time `steps` training steps after `warmup` ones; runs inside a fresh process."""
     torch.manual_seed(0)
     device = torch.device(device_name)
-    model = DHMD(DHMDConfig(text_dim=768, audio_dim=5, video_dim=20)).to(device).train()
+    cfg = DHMDConfig(text_dim=768, audio_dim=5, video_dim=20, **(overrides or {}))
+    model = DHMD(cfg).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     inputs = make_batch(batch, device, padding)
     use_amp = amp and device.type == "cuda"
@@ -97,7 +113,14 @@ def run_isolated(*args) -> dict:
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue, args))
     proc.start()
-    result = queue.get()
+    while True:                       # a child killed (e.g. out of memory) must not hang the benchmark
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive():
+                raise SystemExit(f"benchmark process for {args[:2]} died (exit code {proc.exitcode}); "
+                                 "out of memory?") from None
     proc.join()
     return result
 
@@ -112,15 +135,20 @@ def main() -> int:
     parser.add_argument("--no-amp", action="store_true", help="fp32 on CUDA instead of bf16 autocast")
     parser.add_argument("--padding", choices=["random", "none"], default="random",
                         help="random: samples keep 50-100%% of the frames (masked); none: all frames real")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change a DHMDConfig field from the paper default (repeatable), "
+                             "e.g. --set attn_dropout=0")
     args = parser.parse_args()
+    overrides = parse_overrides(args.overrides)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
     devices = {"auto": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
                "cpu": ["cpu"], "cuda": ["cuda"]}[args.device]
-    rows = [run_isolated(d, b, args.steps, args.warmup, not args.no_amp, args.padding)
+    rows = [run_isolated(d, b, args.steps, args.warmup, not args.no_amp, args.padding, overrides)
             for d in devices for b in args.batch_sizes]
     print(f"DHMD training step, CMU-MOSI unaligned shapes (text 50x768, audio 375x5, video 500x20), "
-          f"paper defaults ({rows[0]['params'] / 1e6:.2f} M parameters), padding={args.padding}, "
+          f"paper defaults{' with ' + ', '.join(args.overrides) if args.overrides else ''} "
+          f"({rows[0]['params'] / 1e6:.2f} M parameters), padding={args.padding}, "
           f"{args.steps} timed steps after {args.warmup} warm-up\n")
     print("| device | precision | batch | step ms | samples/s | peak memory MiB | memory measure |")
     print("|---|---|---:|---:|---:|---:|---|")
