@@ -1,6 +1,8 @@
 # Fresh machine: `make demo` (install, then the offline end-to-end demo) or `make test`.
 PYTHON ?= python3
 PYTEST_ARGS ?=
+# the console script installed next to $(PYTHON) (a venv's bin/ need not be on PATH)
+DHMD = $$($(PYTHON) -c 'import sys, pathlib; print(pathlib.Path(sys.executable).parent / "dhmd-pipeline")')
 
 .PHONY: install test demo bench clean
 
@@ -11,7 +13,7 @@ test: install
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 demo: install
-	dhmd-pipeline demo
+	$(DHMD) demo
 
 bench: install
 	$(PYTHON) bench/model_step.py
