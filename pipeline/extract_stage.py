@@ -30,7 +30,6 @@ the benchmark; because of the overlap they add up to more than ``total``.
 """
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import os
 import stat
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from extractors.errors import ExtractionError, ModelLoadError
+from extractors.packaged_models import package_version
 from pipeline.cache import ClipFeatures, file_hash, settings_hash
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -116,13 +116,6 @@ def clip_settings(path: Path, cfg: "ExtractConfig", clip_id: str, label_text: st
     return settings
 
 
-def _dist_version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 class ExtractorModels:
     """Every model of the extraction, loaded once and reused for many clips.
 
@@ -188,11 +181,11 @@ class ExtractorModels:
         import cv2
 
         out = {
-            "decode": f"ffmpeg-python {_dist_version('ffmpeg-python')}; opencv {cv2.__version__}",
+            "decode": f"ffmpeg-python {package_version('ffmpeg-python')}; opencv {cv2.__version__}",
             "text": f"{self.text.name}; {self.text.version}",
             "face": f"{self.face.name}; {self.face.version}",
-            "acoustic": f"librosa {_dist_version('librosa')}",
-            "pipeline": f"dhmd-pipeline {_dist_version('dhmd-pipeline')}; format {FEATURE_FORMAT}",
+            "acoustic": f"librosa {package_version('librosa')}",
+            "pipeline": f"dhmd-pipeline {package_version('dhmd-pipeline')}; format {FEATURE_FORMAT}",
         }
         if used_asr and self._recognizer is not None:
             out["asr"] = f"{self._recognizer.name}; {self._recognizer.version}"
