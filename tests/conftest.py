@@ -38,3 +38,15 @@ def make_clip(media_dir: Path) -> Callable[..., Path]:
 def speech_clip(make_clip) -> Path:
     """A ~4 s clip: SENTENCE spoken over the moving astronaut face."""
     return make_clip(SENTENCE, name="speech.mp4")
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny models run fastest on one torch thread, and other test processes share the two cores.
+    Use with ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -93,9 +93,4 @@ def test_export_refuses_a_pickle_as_input(tmp_path: Path) -> None:
     assert not (tmp_path / "y.pkl").exists()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -17,13 +17,7 @@ from dhmd.masks import masked_max, masked_mean, positions, prepare_mask
 from dhmd.projection import TemporalProjection, sinusoidal_positions
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP contention with other test processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def lengths_to_mask(lengths: list[int], total: int) -> torch.Tensor:

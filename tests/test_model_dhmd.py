@@ -12,13 +12,7 @@ LOSS_KEYS = {"task", "rec", "cyc", "mar", "ort", "dtl_homo", "dtl_hetero", "ctr_
 NO_DROPOUT = dict(attn_dropout=0.0, relu_dropout=0.0, res_dropout=0.0, embed_dropout=0.0, out_dropout=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP contention with other test processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def small_cfg(**kw) -> DHMDConfig:

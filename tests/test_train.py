@@ -18,13 +18,7 @@ from pipeline.cli import main
 from test_train_helpers import SPEC, TINY, make_cache, make_pickle, set_args
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread (and other suites share the two cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _invoke(args: list[str]):
