@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from extractors.packaged_models import builtin_model, package_version
+from extractors.packaged_models import builtin_model, model_load_error, package_version
 from extractors.errors import ExtractionError, ModelLoadError
 from extractors.transcript import Word, clean_word, sanitize_words, voiced_mask
 
@@ -78,13 +78,7 @@ class SpeechRecognizer:
         try:
             self._model = WhisperModel(target, device=device, compute_type=self.compute_type)
         except Exception as e:  # hub errors, missing files, bad compute type: one readable line
-            cause = " ".join(str(e).split()).split(". ")[0][:200] or type(e).__name__
-            if Path(target).is_dir():
-                raise ModelLoadError(f"ASR model '{cfg.model}' could not be loaded from {target}: {cause}") from None
-            raise ModelLoadError(
-                f"ASR model '{cfg.model}' could not be loaded: it is not a local folder and fetching it from the "
-                f"Hugging Face hub failed ({type(e).__name__}: {cause}); it needs network access once, or give a "
-                f"local model folder, or use 'builtin:tiny.en'") from None
+            raise model_load_error("ASR model", cfg.model, target, e, "builtin:tiny.en") from None
         log.info("loaded ASR model %s on %s (%s)", self.name, device, self.compute_type)
 
     def transcribe(self, audio: np.ndarray, sample_rate: int) -> list[Word]:

