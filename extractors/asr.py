@@ -22,7 +22,7 @@ import numpy as np
 
 from extractors.packaged_models import builtin_model, model_load_error, package_version
 from extractors.errors import ExtractionError, ModelLoadError
-from extractors.transcript import Word, clean_word, sanitize_words, voiced_mask
+from extractors.transcript import Word, clean_word, retime_collapsed_words, sanitize_words, voiced_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import AsrConfig
@@ -85,7 +85,8 @@ class SpeechRecognizer:
         """Words spoken in ``audio`` (float32 mono) with start/end seconds; [] for silence.
 
         Audio with no voiced frame (energy below -60 dBFS) is not passed to Whisper at all, which
-        would otherwise hallucinate a word or two on silence.  Times are clamped to the audio.
+        would otherwise hallucinate a word or two on silence.  Times are clamped to the audio, and
+        a word Whisper gives no duration is timed again from the audio around it.
         """
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if len(audio) == 0:
@@ -105,4 +106,5 @@ class SpeechRecognizer:
                         words.append(Word(text, float(w.start), float(w.end)))
         except Exception as e:
             raise ExtractionError(f"speech recognition failed ({self.name}): {' '.join(str(e).split())[:200]}") from e
-        return sanitize_words(words, len(audio) / ASR_SAMPLE_RATE)
+        words = sanitize_words(words, len(audio) / ASR_SAMPLE_RATE)
+        return retime_collapsed_words(words, audio, ASR_SAMPLE_RATE)

@@ -54,6 +54,7 @@ VOICING_FLOOR = 1e-3        # RMS below this (-60 dBFS) is never voiced
 VOICING_REL_DB = 35.0       # frames this far below the loudest frame are unvoiced
 TYPICAL_WORD_S = 0.3        # word length used when nothing better is known
 MIN_GAP_WORD_S = 0.1        # a missed word squeezed into less than this borrows time from its neighbours
+MIN_WORD_S = 0.02           # a recognised word shorter than this has collapsed (see retime_collapsed_words)
 
 
 @dataclass
@@ -213,6 +214,26 @@ def _fill_gaps(texts: Sequence[str], starts: list[float | None], ends: list[floa
             s_out[k + m], e_out[k + m] = s, e
         k = j
     return [Word(t, float(s), float(e)) for t, s, e in zip(texts, s_out, e_out)]  # type: ignore[arg-type]
+
+
+def retime_collapsed_words(words: list[Word], audio: np.ndarray, sample_rate: int) -> list[Word]:
+    """Give recognised words that collapsed to (almost) no duration a real span.
+
+    Whisper's word alignment (cross-attention DTW) now and then returns a word with ``start ==
+    end``, stacked on the start of the next word ("and" at [1.70, 1.70] before "I" at [1.70,
+    1.86]), though the word was spoken in the pause before.  Such words are timed again like words
+    the recogniser missed (:func:`_fill_gaps`): inside the gap between their timed neighbours, on
+    its voiced part, or with half of each neighbour when there is no gap.
+    """
+    collapsed = [w.end - w.start < MIN_WORD_S for w in words]
+    if not any(collapsed):
+        return words
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    duration = len(audio) / float(sample_rate) if len(audio) else None
+    voicing = (voiced_mask(audio, sample_rate), VOICING_HOP_S) if duration else None
+    starts = [None if c else w.start for w, c in zip(words, collapsed)]
+    ends = [None if c else w.end for w, c in zip(words, collapsed)]
+    return _fill_gaps([w.text for w in words], starts, ends, duration, voicing)
 
 
 def sanitize_words(words: list[Word], duration: float | None) -> list[Word]:

@@ -11,6 +11,7 @@ import pytest
 from extractors.decode import load_audio
 from extractors.errors import ExtractionError
 from extractors.transcript import (Transcript, Word, match_times, read_sidecar, resolve_transcript,
+                                   retime_collapsed_words,
                                    spread_over_voiced, voiced_mask)
 from pipeline.config import AsrConfig
 
@@ -186,6 +187,29 @@ def test_match_times_squeezed_words_borrow_time() -> None:
     assert out[1].end - out[1].start > 0.1
     assert out[0].start == 2.78 and out[2].end == 3.4
     check_times(out, 3.4)
+
+
+def test_collapsed_recognised_words_get_the_voiced_gap_before_them() -> None:
+    # Whisper stacked "and" on the start of "I" (seen on an espeak-ng clip); the word was spoken in
+    # the voiced stretch of the pause before, which is where it must go
+    audio = np.zeros(3 * SR, np.float32)
+    t = np.arange(SR * 3) / SR
+    for lo, hi in ((0.0, 1.24), (1.41, 2.8)):
+        on = (t >= lo) & (t < hi)
+        audio[on] = 0.3 * np.sin(2 * np.pi * 180 * t[on])
+    words = [Word("wonderful", 0.86, 1.24), Word("and", 1.7, 1.7), Word("I", 1.7, 1.86), Word("loved", 1.86, 2.14)]
+    out = retime_collapsed_words(words, audio, SR)
+    assert [w.text for w in out] == ["wonderful", "and", "I", "loved"]
+    assert (out[0].start, out[0].end) == (0.86, 1.24) and (out[2].start, out[2].end) == (1.7, 1.86)
+    assert 1.38 <= out[1].start < 1.45 and out[1].end == pytest.approx(1.7)   # the pause's voiced part
+    # no room at all: the collapsed word borrows half of each neighbour
+    tight = [Word("a", 0.5, 0.9), Word("b", 0.9, 0.9), Word("c", 0.9, 1.3)]
+    out = retime_collapsed_words(tight, audio, SR)
+    assert out[0].end == pytest.approx(0.7) and out[2].start == pytest.approx(1.1)
+    assert out[0].end <= out[1].start < out[1].end <= out[2].start
+    # nothing collapsed: the same list back
+    assert retime_collapsed_words(words[2:], audio, SR) == words[2:]
+    check_times(retime_collapsed_words(words, audio, SR), 3.0)
 
 
 def test_spread_over_voiced_avoids_leading_silence(speech_audio: np.ndarray) -> None:
