@@ -6,11 +6,14 @@ without audio or video is handled on purpose, not by accident), then demuxes the
 :func:`iter_frames`, which keeps one or two decoded frames in memory at a time, never the video.
 
 Every problem is raised as :class:`~extractors.errors.ExtractionError` with one line that names
-the file and the cause (empty, unreadable, not a media file, corrupt, no audio/video stream).
+the file and the cause (empty, unreadable, not a media file, a still image, corrupt, no audio/video
+stream).  Every tool is given the file's absolute path (:func:`media_target`), so a name such as
+``x:y.mp4`` is never read as a URL protocol.
 """
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +22,18 @@ import numpy as np
 
 from extractors.errors import ExtractionError
 
+# ffprobe's format names for a single picture: the image2 demuxer (a file named .png, .jpg...) and the
+# per-codec image pipes it uses when it recognises a picture by its content (png_pipe, jpeg_pipe, ...)
+_STILL_IMAGE_FORMATS = ("image2", "image2pipe")
+
+
+def media_target(path: Path) -> str:
+    """The name to hand ffmpeg, ffprobe and OpenCV for ``path``: the absolute path.
+
+    They read ``x:y.mp4`` as the file ``y.mp4`` of a protocol ``x``; an absolute path starts with
+    "/" and is always a plain file.  Messages keep naming ``path`` as the caller gave it.
+    """
+    return os.path.abspath(os.fspath(path))
 
 
 @dataclass
@@ -113,7 +128,9 @@ def probe(path: Path) -> MediaInfo:
     """Describe ``path`` with ffprobe; raise ExtractionError if it is not usable media.
 
     Raised for: missing file, directory, unreadable file, empty file, a file ffprobe cannot parse
-    (text named .mp4, truncated mp4), and media with neither an audio nor a video stream.  A file
+    (text named .mp4, truncated mp4), a still picture (PNG, JPEG... named .mp4: ffprobe reads it with
+    its image demuxer, ``image2`` or ``<codec>_pipe``), and media with neither an audio nor a video
+    stream.  A file
     with only one of the two is *not* an error here: ``has_audio``/``has_video`` say so and the
     caller decides.  Cover art (attached pictures) in audio files does not count as video.
     """
@@ -122,7 +139,7 @@ def probe(path: Path) -> MediaInfo:
     path = Path(path)
     _check_readable(path)
     try:
-        info = ffmpeg.probe(str(path))
+        info = ffmpeg.probe(media_target(path))
     except ffmpeg.Error as e:
         if _looks_like_text(path):
             raise ExtractionError(f"{path}: not a media file (it holds plain text)") from None
@@ -136,6 +153,9 @@ def probe(path: Path) -> MediaInfo:
     audio = [s for s in streams if s.get("codec_type") == "audio"]
     if not video and not audio:
         raise ExtractionError(f"{path}: no audio or video stream (not a media file)")
+    fmt = str((info.get("format") or {}).get("format_name") or "")
+    if video and not audio and (fmt in _STILL_IMAGE_FORMATS or fmt.endswith("_pipe")):
+        raise ExtractionError(f"{path}: a still image ({video[0].get('codec_name') or fmt}), not a video")
 
     durations = [_float((info.get("format") or {}).get("duration"))]
     durations += [_float(s.get("duration")) for s in video + audio]
@@ -167,7 +187,7 @@ def load_audio(path: Path, sample_rate: int) -> np.ndarray:
     path = Path(path)
     _check_readable(path)
     try:
-        out, err = (ffmpeg.input(str(path))["a:0"]
+        out, err = (ffmpeg.input(media_target(path))["a:0"]
                   .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=int(sample_rate))
                   .global_args("-nostdin", "-loglevel", "error")
                   .run(capture_stdout=True, capture_stderr=True))
@@ -200,7 +220,7 @@ def iter_frames(path: Path, fps: float) -> Iterator[tuple[float, np.ndarray]]:
     if not fps or fps <= 0 or not math.isfinite(fps):
         raise ValueError(f"fps must be positive, got {fps!r}")
     _check_readable(path)
-    cap = cv2.VideoCapture(str(path))
+    cap = cv2.VideoCapture(media_target(path))
     try:
         if not cap.isOpened():
             raise ExtractionError(f"{path}: cannot open video (no video stream, or not a video file)")

@@ -194,3 +194,39 @@ def test_path_with_spaces_and_non_ascii(tmp_path: Path, speech_clip: Path) -> No
     assert np.array_equal(load_audio(p, 16000), load_audio(speech_clip, 16000))
     n = sum(1 for _ in iter_frames(p, 15.0))
     assert n == sum(1 for _ in iter_frames(speech_clip, 15.0))
+
+
+def test_colon_in_a_relative_name_is_a_file_not_a_protocol(tmp_path: Path, speech_clip: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # ffmpeg reads "take:2.mp4" as protocol "take" ("take 1:2.mp4" is safe by luck: the space ends
+    # the protocol name); OpenCV hands the name to ffmpeg too
+    names = ["take 1:2.mp4", "take:2.mp4", "file:x.mp4"]
+    for name in names:
+        shutil.copy(speech_clip, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    want_audio = load_audio(speech_clip, 16000)
+    want_frames = sum(1 for _ in iter_frames(speech_clip, 15.0))
+    for name in names:
+        p = Path(name)
+        assert not p.is_absolute()
+        info = probe(p)
+        assert info.has_audio and info.has_video and info.path == p
+        assert np.array_equal(load_audio(p, 16000), want_audio)
+        assert sum(1 for _ in iter_frames(p, 15.0)) == want_frames
+
+
+@pytest.mark.parametrize("ext, codec", [(".png", "png"), (".jpg", "mjpeg")])
+def test_still_image_named_mp4(tmp_path: Path, ext: str, codec: str) -> None:
+    import cv2
+
+    from pipeline.synth import base_face
+
+    picture = tmp_path / f"photo{ext}"
+    assert cv2.imwrite(str(picture), base_face()[:, :, ::-1])
+    p = tmp_path / "photo.mp4"
+    picture.rename(p)
+    with pytest.raises(ExtractionError) as e:
+        probe(p)
+    msg = _one_line_naming(e, p)
+    assert f"a still image ({codec}), not a video" in msg
+    assert "corrupt" not in msg
