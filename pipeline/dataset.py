@@ -17,11 +17,17 @@ Unaligned: each modality at its own rate; in a cache sample the video mask is th
 without a face stay in place as zero rows and are masked, so time never shifts).  Aligned: audio and
 video frames are averaged per word (:mod:`extractors.alignment`, faceless frames left out) and copied to
 the word's tokens, so all three have the text's length; every mask is then the text mask, as in MMSA's
-aligned files (special tokens carry zero audio/video).
+aligned files (special tokens carry zero audio/video).  A word with no frame of a modality inside it
+takes the nearest frame only when that frame lies within one frame period of the word's midpoint
+(video: the nearest frame *with a face*); otherwise its tokens get zeros.  Aligned samples therefore also
+carry ``audio_valid`` / ``video_valid`` (T,) bool: True at tokens that hold measured data (a word with
+frames), False at special tokens and at words without data.  Aligned MMSA pickles carry no word
+information, so there a token is valid when it is real (text mask) and its row is not all zeros.
 
 :func:`collate` pads a list of samples into tensors.  :class:`Normalizer` holds per-feature mean and
-standard deviation of audio and video over the real frames of the training split; text features are
-BERT hidden states, already on a common scale, and are left as they are (as MMSA does).
+standard deviation of audio and video over the training split's frames that hold data (``*_valid``
+where present, else ``*_mask``, else every frame); text features are BERT hidden states, already on a
+common scale, and are left as they are (as MMSA does).
 """
 from __future__ import annotations
 
@@ -46,7 +52,7 @@ MODALITIES = ("text", "audio", "video")
 SPLITS = ("train", "valid", "test")
 SENTIMENT_CLASSES = ("highly negative", "negative", "weakly negative", "neutral", "weakly positive",
                      "positive", "highly positive")
-STD_FLOOR = 1e-6
+CONSTANT_STD = 1e-4      # a feature whose training std is below this is only centred (std taken as 1)
 DEFAULT_AUDIO_RATE_HZ = 12.5
 DEFAULT_FPS = 15.0
 
@@ -88,20 +94,57 @@ def sample_from_clip(clip: "ClipFeatures", align_mode: str) -> dict[str, np.ndar
                       video=video, video_mask=face)
         return sample
 
-    from extractors.alignment import align_to_tokens
-
     spec = (clip.meta or {}).get("spec", {}) or {}
     a_times = np.asarray(clip.audio_times, dtype=np.float64).reshape(-1)
     v_times = np.asarray(clip.video_times, dtype=np.float64).reshape(-1)
-    words = (np.asarray(clip.word_start, dtype=np.float64), np.asarray(clip.word_end, dtype=np.float64))
-    index = np.asarray(clip.token_word_index)
-    sample["audio"] = align_to_tokens(audio, a_times, *words, index,
-                                      _period(spec.get("audio_rate_hz"), a_times, DEFAULT_AUDIO_RATE_HZ))
-    sample["video"] = align_to_tokens(video[face], v_times[face], *words, index,
-                                      _period(spec.get("fps"), v_times, DEFAULT_FPS))
-    sample["audio_mask"] = text_mask.copy()
-    sample["video_mask"] = text_mask.copy()
+    index = np.asarray(clip.token_word_index).reshape(-1).astype(np.int64)
+    for name, frames, times, period in (
+            ("audio", audio, a_times, _period(spec.get("audio_rate_hz"), a_times, DEFAULT_AUDIO_RATE_HZ)),
+            ("video", video[face], v_times[face], _period(spec.get("fps"), v_times, DEFAULT_FPS))):
+        sample[name], sample[f"{name}_valid"] = _align_modality(frames, times, clip.word_start, clip.word_end,
+                                                                index, period, text_mask)
+        sample[f"{name}_mask"] = text_mask.copy()
     return sample
+
+
+def word_has_frames(frame_times: np.ndarray, word_start: np.ndarray, word_end: np.ndarray,
+                    frame_period: float) -> np.ndarray:
+    """(Nw,) bool: whether a word has data among frames at ``frame_times`` (any order).
+
+    True when a frame time lies in the word's ``[start, end)`` (``end < start`` read as empty at
+    ``start``, as :func:`extractors.alignment.word_average` reads it), or when the frame nearest to the
+    word's midpoint is at most ``frame_period`` away from it.  So a word shorter than a frame still
+    takes its neighbouring frame, but a word spoken while, say, no face was visible does not borrow a
+    frame from seconds away.
+    """
+    times = np.sort(np.asarray(frame_times, dtype=np.float64).reshape(-1))
+    start = np.nan_to_num(np.asarray(word_start, dtype=np.float64).reshape(-1))
+    end = np.maximum(np.nan_to_num(np.asarray(word_end, dtype=np.float64).reshape(-1)), start)
+    if times.size == 0:
+        return np.zeros(start.shape[0], dtype=bool)
+    inside = np.searchsorted(times, end, side="left") > np.searchsorted(times, start, side="left")
+    mid = 0.5 * (start + end)
+    right = np.clip(np.searchsorted(times, mid, side="left"), 0, times.size - 1)
+    left = np.clip(right - 1, 0, times.size - 1)
+    nearest = np.minimum(np.abs(mid - times[left]), np.abs(times[right] - mid))
+    return inside | (nearest <= frame_period * (1 + 1e-6))
+
+
+def _align_modality(frames: np.ndarray, times: np.ndarray, word_start: np.ndarray, word_end: np.ndarray,
+                    token_word_index: np.ndarray, period: float, text_mask: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The word-aligned ``(Nt, D)`` view of one modality and its ``(Nt,)`` valid mask (see the module doc)."""
+    from extractors.alignment import to_tokens, word_average
+
+    vectors = word_average(frames, times, word_start, word_end, period)
+    has = word_has_frames(times, word_start, word_end, period)
+    vectors[~has] = 0.0
+    tokens = to_tokens(vectors, token_word_index)
+    real = token_word_index >= 0
+    valid = np.zeros(token_word_index.shape[0], dtype=bool)
+    valid[real] = has[token_word_index[real]]
+    valid &= np.asarray(text_mask, dtype=bool)[:valid.shape[0]]
+    return tokens, valid
 
 
 def _pad(arrays: list[np.ndarray], masks: list[np.ndarray | None], dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,35 +199,59 @@ def collate(samples: list[dict]) -> dict[str, "torch.Tensor"]:
 class Normalizer:
     """Per-feature standardisation of audio and video with statistics of the training split.
 
-    ``apply`` returns a new sample: ``(x - mean) / std`` at real frames, exactly 0 at masked frames.
+    ``apply`` returns a new sample: ``(x - mean) / std`` at frames that hold data, exactly 0 at the
+    others (masked frames, and in aligned samples the tokens whose ``*_valid`` is False: special tokens
+    and words without data).
     """
 
     def __init__(self, stats: dict[str, tuple[np.ndarray, np.ndarray]]):
         self.stats = {k: (np.asarray(m, dtype=np.float32), np.asarray(s, dtype=np.float32))
                       for k, (m, s) in stats.items()}
 
+    @staticmethod
+    def data_rows(sample: dict, name: str, length: int) -> np.ndarray:
+        """(length,) bool: the rows of modality ``name`` that hold data (``*_valid`` and ``*_mask``
+        where present; every row otherwise)."""
+        rows = np.ones(length, dtype=bool)
+        for key in (f"{name}_mask", f"{name}_valid"):
+            value = sample.get(key)
+            if value is not None:
+                value = np.asarray(value, dtype=bool).reshape(-1)[:length]
+                rows[:value.shape[0]] &= value
+                rows[value.shape[0]:] = False
+        return rows
+
     @classmethod
     def fit(cls, samples: Sequence[dict], modalities: Sequence[str] = ("audio", "video"),
-            floor: float = STD_FLOOR) -> "Normalizer":
-        """Mean and std (floored at ``floor``) over the real frames of ``samples``."""
+            constant_std: float = CONSTANT_STD) -> "Normalizer":
+        """Mean and std over the frames of ``samples`` that hold data (:meth:`data_rows`).
+
+        The std is the population one (ddof 0), computed around the mean (two passes, so a large
+        offset does not eat the precision).  A feature whose std is below ``constant_std`` (constant
+        in these samples) gets std 1: it is only centred, so a small variation elsewhere is not blown
+        up by a tiny divisor.  A modality without any data frame gets mean 0 and std 1.
+        """
+        def data(s: dict, name: str) -> np.ndarray:
+            x = np.asarray(s[name], dtype=np.float64)
+            return x[cls.data_rows(s, name, x.shape[0])]
+
         stats = {}
         for name in modalities:
             dim = np.asarray(samples[0][name]).shape[1] if samples else 0
-            total = np.zeros(dim, dtype=np.float64)
-            squares = np.zeros(dim, dtype=np.float64)
-            count = 0
-            for s in samples:
-                x = np.asarray(s[name], dtype=np.float64)
-                mask = s.get(f"{name}_mask")
-                if mask is not None:
-                    x = x[np.asarray(mask, dtype=bool)[:x.shape[0]]]
+            total, count = np.zeros(dim), 0
+            for s in samples:                       # pass 1: the mean (streamed: no copy of the split)
+                x = data(s, name)
                 total += x.sum(axis=0)
-                squares += np.square(x).sum(axis=0)
                 count += x.shape[0]
-            mean = total / max(count, 1)
-            var = np.maximum(squares / max(count, 1) - np.square(mean), 0.0)
-            std = np.maximum(np.sqrt(var), floor) if count else np.ones(dim)
-            stats[name] = (mean, std)
+            if count == 0:
+                stats[name] = (np.zeros(dim), np.ones(dim))
+                continue
+            mean = total / count
+            squares = np.zeros(dim)
+            for s in samples:                       # pass 2: squared deviations from it
+                squares += np.square(data(s, name) - mean).sum(axis=0)
+            std = np.sqrt(squares / count)
+            stats[name] = (mean, np.where(std < constant_std, 1.0, std))
         return cls(stats)
 
     def apply(self, sample: dict) -> dict:
@@ -194,9 +261,7 @@ class Normalizer:
             if x.shape[1] != mean.shape[0]:
                 raise ValueError(f"{name} features have {x.shape[1]} dims, the normaliser {mean.shape[0]}")
             y = (x - mean) / std
-            mask = sample.get(f"{name}_mask")
-            if mask is not None:
-                y[~np.asarray(mask, dtype=bool)[:y.shape[0]]] = 0.0
+            y[~self.data_rows(sample, name, y.shape[0])] = 0.0
             out[name] = y.astype(np.float32)
         return out
 
@@ -432,9 +497,52 @@ def _extract_settings(clip: "ClipFeatures") -> dict[str, Any] | None:
     return {k: v for k, v in settings.items() if k not in ("clip_id", "label_text", "sidecar")}
 
 
+def source_groups(clip_ids: Sequence[str], video_ids: Sequence[str | None],
+                  sources: Sequence[str | None]) -> list[str]:
+    """The source-video group of each clip, for a split that keeps a video's clips together.
+
+    * the labels' ``video_id`` when given;
+    * else the clip file's folder when clips sit in per-video subfolders (MMSA-FET's
+      ``Raw/<video_id>/<clip_id>.mp4``): a clip whose folder lies below the folder common to all the
+      clips' source paths (the cache entry's ``source``, or the manifest's ``path``) is grouped with
+      the other clips of that folder;
+    * else the clip alone (the clip lies directly in that common folder, all clips share one folder,
+      or its source path is unknown), with a warning that those clips are split per clip.
+    """
+    import os
+    from pathlib import PurePath
+
+    parents = {c: str(PurePath(os.path.normpath(src)).parent) for c, v, src in zip(clip_ids, video_ids, sources)
+               if not v and src}
+    try:
+        root = os.path.commonpath(list(parents.values())) if parents else None
+    except ValueError:   # absolute and relative paths mixed: no common folder
+        root = None
+    groups: list[str] = []
+    by_folder = per_clip = 0
+    for c, v in zip(clip_ids, video_ids):
+        if v:
+            groups.append(f"video:{v}")
+        elif c in parents and len(set(parents.values())) > 1 and parents[c] != root:
+            groups.append(f"folder:{parents[c]}")
+            by_folder += 1
+        else:
+            groups.append(f"clip:{c}")
+            per_clip += 1
+    if by_folder:
+        log.info("%d clips without a video_id are grouped by their source folder (%d folders) for the split",
+                 by_folder, len({g for g in groups if g.startswith("folder:")}))
+    if per_clip:
+        log.warning("%d clips have no video_id in labels.csv and do not sit in per-video subfolders: they are "
+                    "split per clip, so clips of one source video can land in different splits (add a "
+                    "video_id column to the labels, or a split column)", per_clip)
+    return groups
+
+
 def load_cache(cache_dir: Path, cfg: "PipelineConfig") -> DataBundle:
-    """The labelled clips of a cache folder, split by labels.csv or by source video (seeded)."""
-    from pipeline.cache import load_entry
+    """The labelled clips of a cache folder, split by labels.csv, else by source video (seeded; the
+    source video is the labels' video_id or the clip's folder, see :func:`source_groups`)."""
+    from pipeline.cache import load_entry, read_manifest
     from pipeline.labels import read_labels
 
     cache_dir = Path(cache_dir)
@@ -461,6 +569,7 @@ def load_cache(cache_dir: Path, cfg: "PipelineConfig") -> DataBundle:
 
     mode, task, n_classes = cfg.align.mode, cfg.model.task, cfg.model.n_classes
     samples: dict[str, dict] = {}
+    sources: dict[str, str] = {}
     spec: dict[str, Any] | None = None
     settings = None
     first = None
@@ -483,16 +592,19 @@ def load_cache(cache_dir: Path, cfg: "PipelineConfig") -> DataBundle:
         sample["id"] = clip_id
         sample["raw_text"] = clip.transcript
         sample["video_id"] = rows[clip_id].get("video_id")
+        sources[clip_id] = clip.source
         sample["label"] = _label_value(rows[clip_id]["label"], task, n_classes, f"{labels_path} ({clip_id})")
         samples[clip_id] = sample
 
     given = {i: rows[i].get("split") for i in ids}
     without = [i for i in ids if not given[i]]
     if without:
-        groups = [str(rows[i].get("video_id") or i) for i in without]
         if len(without) < len(ids):
             log.warning("%d of %d clips have no split in labels.csv: splitting those by source video",
                         len(without), len(ids))
+        manifest_paths = {str(r.get("clip_id")): r.get("path") for r in read_manifest(cache_dir)}
+        groups = source_groups(without, [rows[i].get("video_id") for i in without],
+                               [sources[i] or manifest_paths.get(i) for i in without])
         for i, name in zip(without, split_by_group(groups, cfg.train.split, cfg.train.split_seed)):
             given[i] = name
     splits = {k: [samples[i] for i in ids if given[i] == k] for k in SPLITS}
@@ -508,8 +620,40 @@ def _trim(mask: np.ndarray) -> int:
     return int(real[-1]) + 1 if real.size else min(1, mask.shape[0])
 
 
+def mmsa_video_id(sample_id: str) -> str | None:
+    """The source video of an MMSA id ``video$_$clip`` (None for an id without ``$_$``)."""
+    video, sep, _ = str(sample_id).partition("$_$")
+    return video if sep and video else None
+
+
+def _fill_missing_splits(splits: dict[str, list[dict]], path: Path, cfg: "PipelineConfig") -> None:
+    """Carve the valid / test splits that a pickle lacks (absent or empty) out of its train split, by
+    source video (the video part of ``video$_$clip`` ids; per sample when the ids have none) with the
+    seeded :func:`split_by_group` of ``train.split`` / ``train.split_seed``.  Given splits are kept."""
+    missing = [k for k in ("valid", "test") if not splits[k]]
+    pool = splits["train"]
+    if not missing or not pool:
+        return
+    fractions = [f if (k == "train" or k in missing) else 0.0 for k, f in zip(SPLITS, cfg.train.split)]
+    if sum(fractions[1:]) <= 0:
+        return
+    videos = [mmsa_video_id(s["id"]) for s in pool]
+    groups = [f"video:{v}" if v else f"sample:{s['id']}" for v, s in zip(videos, pool)]
+    names = split_by_group(groups, fractions, cfg.train.split_seed)
+    for k in SPLITS:
+        splits[k] = [s for s, n in zip(pool, names) if n == k] if k in ("train", *missing) else splits[k]
+    how = ("by source video (the video part of the 'video$_$clip' ids)" if all(videos) else
+           f"by source video where the ids name one, per sample for {sum(v is None for v in videos)} ids "
+           f"without '$_$'")
+    log.warning("%s has no %s split: taking %s from its train split %s with train.split = %s, "
+                "train.split_seed = %d (train %d, %s)", path, " / ".join(missing), " and ".join(missing), how,
+                list(cfg.train.split), cfg.train.split_seed, len(splits["train"]),
+                ", ".join(f"{k} {len(splits[k])}" for k in missing))
+
+
 def load_mmsa(path: Path, cfg: "PipelineConfig") -> DataBundle:
-    """The splits of an MMSA pickle as samples (see :mod:`pipeline.mmsa`)."""
+    """The splits of an MMSA pickle as samples (see :mod:`pipeline.mmsa`); a missing valid or test
+    split is taken from the train split by source video (:func:`_fill_missing_splits`)."""
     from pipeline.mmsa import clean, is_aligned, read_pickle, split_labels
 
     path = Path(path)
@@ -563,15 +707,17 @@ def load_mmsa(path: Path, cfg: "PipelineConfig") -> DataBundle:
                 s["raw_text"] = str(raw[i])
             if bert is not None:
                 s["text_bert"] = bert[i, :, :lt]
-            if aligned:
-                s.update(audio=audio[i, :lt], audio_mask=s["text_mask"], video=vision[i, :lt],
-                         video_mask=s["text_mask"])
+            if aligned:   # zero rows (special tokens, words without data) hold no data
+                a, v = audio[i, :lt], vision[i, :lt]
+                s.update(audio=a, audio_mask=s["text_mask"], audio_valid=s["text_mask"] & a.any(axis=1),
+                         video=v, video_mask=s["text_mask"], video_valid=s["text_mask"] & v.any(axis=1))
             else:
                 la = int(np.clip(a_len[i], 0, audio.shape[1]))
                 lv = int(np.clip(v_len[i], 0, vision.shape[1]))
                 s.update(audio=audio[i, :la], video=vision[i, :lv])
             splits[name].append(s)
     assert dims is not None
+    _fill_missing_splits(splits, path, cfg)
     spec = mmsa_spec(*dims, aligned)
     if finetune:
         spec["text_input"] = "text_bert"

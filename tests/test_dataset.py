@@ -77,13 +77,114 @@ def test_normalizer_uses_real_frames_only_and_round_trips() -> None:
     norm = Normalizer.fit([s1, s2])
     mean, std = norm.stats["audio"]
     np.testing.assert_allclose(mean, [3.0, 10.0])
-    np.testing.assert_allclose(std, [np.sqrt(8 / 3), 1e-6], rtol=1e-5)   # constant feature: floored
+    np.testing.assert_allclose(std, [np.sqrt(8 / 3), 1.0], rtol=1e-5)   # constant feature: centred only
     out = Normalizer.from_state(norm.state()).apply(s1)
     np.testing.assert_allclose(out["audio"][:2, 0], [-2 / np.sqrt(8 / 3), 0.0], rtol=1e-5)
     assert (out["audio"][2] == 0).all()                                     # masked frame stays zero
     assert (s1["audio"][2] == [100.0, -5.0]).all()                         # input untouched
     with pytest.raises(ValueError):
         norm.apply({"audio": np.zeros((1, 3), np.float32), "video": np.zeros((1, 1), np.float32)})
+
+
+def test_normalizer_centres_only_features_constant_in_training() -> None:
+    # feature 0 is constant in training, feature 1 nearly so (std 5e-5 around a large offset),
+    # feature 2 varies a little (std 2e-3): only the first two are treated as constant
+    train = [{"audio": np.array([[7.0, 1000.0, 0.0]], np.float32)},
+             {"audio": np.array([[7.0, 1000.0001, 0.004]], np.float32)}]
+    norm = Normalizer.fit(train, modalities=("audio",))
+    mean, std = norm.stats["audio"]
+    np.testing.assert_allclose(mean, [7.0, 1000.00005, 0.002], rtol=1e-6)
+    np.testing.assert_allclose(std, [1.0, 1.0, 0.002], rtol=1e-4)
+    # data that varies where training did not is centred, not multiplied by 1e6
+    out = norm.apply({"audio": np.array([[7.5, 1000.5, 0.002]], np.float32)})
+    np.testing.assert_allclose(out["audio"][0], [0.5, 0.49995, 0.0], rtol=1e-4, atol=1e-4)
+    assert np.abs(out["audio"]).max() < 1.0
+
+
+def _aligned_clip(): # noqa: ANN202 - a hand-made ClipFeatures with known aligned values
+    """Words w0 [0, .2), w1 [.2, .3), w2 [.31, .33) (shorter than a frame), w3 [1.0, 1.2); tokens
+    [CLS] w0 w1 w1 w2 w3 [SEP].  Audio at 10 Hz (times .05, .15, ...), one feature = 10 * frame index.
+    Video at 10 fps (times 0, .1, ..., 1.4), a face only in frames 0-3; feature k of frame i = i + k."""
+    from pipeline.cache import ClipFeatures
+
+    tokens = np.array([-1, 0, 1, 1, 2, 3, -1], dtype=np.int32)
+    a_times = np.arange(12) * 0.1 + 0.05
+    v_times = np.arange(15) * 0.1
+    face = v_times < 0.35
+    video = np.stack([np.arange(15.0), np.arange(15.0) + 1], axis=1).astype(np.float32)
+    video[~face] = 0.0
+    return ClipFeatures(
+        clip_id="hand", source="/videos/hand.mp4", duration_s=1.5, transcript="a b c d",
+        transcript_source="labels", words=["a", "b", "c", "d"],
+        word_start=np.array([0.0, 0.2, 0.31, 1.0], np.float32), word_end=np.array([0.2, 0.3, 0.33, 1.2], np.float32),
+        word_times_source="matched", text_features=np.ones((7, 4), np.float32),
+        text_ids=np.arange(7, dtype=np.int64), text_mask=np.ones(7, dtype=np.int64),
+        text_segment=np.zeros(7, dtype=np.int64), token_word_index=tokens,
+        audio_features=(np.arange(12.0) * 10)[:, None].astype(np.float32), audio_times=a_times.astype(np.float32),
+        video_features=video, video_times=v_times.astype(np.float32), face_mask=face,
+        meta={"spec": {"fps": 10.0, "audio_rate_hz": 10.0}})
+
+
+def test_aligned_words_take_a_face_frame_only_from_within_one_frame_period() -> None:
+    s = sample_from_clip(_aligned_clip(), "aligned")
+    # w0: faces at 0.0 and 0.1 -> mean of frames 0, 1; w1: frame 2; w2 holds no frame time, its
+    # midpoint 0.32 is 0.02 s from the face frame at 0.3 -> frame 3; w3 (1.0-1.2 s) was spoken with no
+    # face visible: zeros, not the face frame at 0.3 seen 0.8 s before
+    expected = np.array([[0, 0], [0.5, 1.5], [2, 3], [2, 3], [3, 4], [0, 0], [0, 0]], np.float32)
+    np.testing.assert_array_equal(s["video"], expected)
+    assert s["video_valid"].tolist() == [False, True, True, True, True, False, False]
+    # audio covers every word: w0 = mean(0, 10), w1 = 20, w2 -> frame at 0.35 (0.03 s away), w3 = mean(100, 110)
+    np.testing.assert_allclose(s["audio"][:, 0], [0, 5, 20, 20, 30, 105, 0], rtol=1e-6)
+    assert s["audio_valid"].tolist() == [False, True, True, True, True, True, False]
+    # the model masks stay the text mask (MMSA's aligned convention): tokens line up across modalities
+    assert s["audio_mask"].all() and s["video_mask"].all()
+
+
+def test_word_has_frames_rule() -> None:
+    from pipeline.dataset import word_has_frames
+
+    times = np.array([0.0, 0.1, 0.2, 0.9])
+    start = np.array([0.05, 0.12, 0.4, 0.95, 1.2, 0.5])
+    end = np.array([0.15, 0.13, 0.8, 1.0, 1.3, 0.45])      # the last one reversed: empty at 0.5
+    # a frame inside; midpoint 0.02 s from a frame; none within 0.1 s of 0.6; 0.075 s after the last
+    # frame; 0.35 s after it; an empty word at 0.5, 0.3 s from the frame at 0.2
+    assert word_has_frames(times, start, end, 0.1).tolist() == [True, True, False, True, False, False]
+    assert not word_has_frames(np.zeros(0), start, end, 0.1).any()
+
+
+def test_aligned_normaliser_fits_only_tokens_with_data_and_keeps_the_rest_zero() -> None:
+    s = sample_from_clip(_aligned_clip(), "aligned")
+    norm = Normalizer.fit([s])
+    # audio: the five word tokens 5, 20, 20, 30, 105 ([CLS]/[SEP] zeros are not data)
+    a = np.array([5.0, 20, 20, 30, 105])
+    np.testing.assert_allclose(norm.stats["audio"][0], [a.mean()], rtol=1e-6)
+    np.testing.assert_allclose(norm.stats["audio"][1], [a.std()], rtol=1e-6)
+    # video: the four tokens of words with a face (w3 and the special tokens left out)
+    v = np.array([[0.5, 1.5], [2, 3], [2, 3], [3, 4]])
+    np.testing.assert_allclose(norm.stats["video"][0], v.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(norm.stats["video"][1], v.std(0), rtol=1e-6)
+    out = norm.apply(s)
+    for name in ("audio", "video"):
+        assert (out[name][~s[f"{name}_valid"]] == 0).all()          # exactly zero, not -mean/std
+    np.testing.assert_allclose(out["video"][1], (v[0] - v.mean(0)) / v.std(0), rtol=1e-5)
+
+
+def test_aligned_pickle_zero_rows_are_not_fitted(tmp_path: Path) -> None:
+    path = make_pickle(tmp_path / "a.pkl", n_train=12, aligned=True, seed=4)
+    raw = pickle.load(open(path, "rb"))
+    for split in raw.values():
+        split["audio"][:, 0] = 0.0             # [CLS] carries no audio / video, as in MMSA's files
+        split["vision"][:, 0] = 0.0
+    pickle.dump(raw, open(path, "wb"))
+    bundle = load_data(path, PipelineConfig())
+    train = bundle.splits["train"]
+    assert not train[0]["audio_valid"][0] and train[0]["audio_valid"][1:].all()
+    norm = Normalizer.fit(train)
+    tr = raw["train"]
+    rows = np.concatenate([tr["audio"][i, 1:int(tr["text_bert"][i, 1].sum())] for i in range(12)])
+    np.testing.assert_allclose(norm.stats["audio"][0], rows.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(norm.stats["audio"][1], rows.std(0), rtol=1e-5)
+    assert (norm.apply(train[0])["audio"][0] == 0).all()
 
 
 def test_split_by_group_keeps_videos_together_and_is_seeded() -> None:
@@ -179,3 +280,67 @@ def test_cache_errors_name_the_problem(tmp_path: Path) -> None:
     clips = [make_clip_features("a", 1.0, rng), make_clip_features("b", 1.0, rng, spec={**SPEC, "fps": 25.0})]
     with pytest.raises(UserError, match="fps"):
         feature_spec(clips, "unaligned")
+
+
+def test_split_without_video_id_groups_clips_by_their_source_folder(tmp_path: Path, caplog) -> None:
+    # MMSA-FET layout Raw/<video>/<n>.mp4 and no video_id in the labels: the folder is the video
+    root = make_cache(tmp_path / "cache", n_clips=40, with_split=False, with_video_id=False, layout="folders")
+    with caplog.at_level("INFO", logger="pipeline.dataset"):
+        bundle = load_cache(root, PipelineConfig())
+    assert "split per clip" not in caplog.text and "grouped by their source folder (10 folders)" in caplog.text
+    split_of = {s["id"]: k for k, v in bundle.splits.items() for s in v}
+    for v in range(10):
+        assert len({split_of[f"vid{v}_{j}"] for j in range(4)}) == 1      # a video never straddles splits
+    assert all(bundle.counts()[k] > 0 for k in ("train", "valid", "test"))
+
+
+def test_split_without_video_id_or_folders_is_per_clip_with_a_warning(tmp_path: Path, caplog) -> None:
+    root = make_cache(tmp_path / "cache", n_clips=40, with_split=False, with_video_id=False, layout="flat")
+    with caplog.at_level("WARNING", logger="pipeline.dataset"):
+        bundle = load_cache(root, PipelineConfig())
+    assert "40 clips have no video_id" in caplog.text and "split per clip" in caplog.text
+    split_of = {s["id"]: k for k, v in bundle.splits.items() for s in v}
+    assert any(len({split_of[f"vid{v}_{j}"] for j in range(4)}) > 1 for v in range(10))   # per clip indeed
+
+
+def test_source_groups_rules() -> None:
+    from pipeline.dataset import source_groups
+
+    ids = ["a", "b", "c", "d", "e", "f"]
+    videos = [None, None, None, None, "v9", None]
+    sources = ["/in/Raw/v1/1.mp4", "/in/Raw/v1/2.mp4", "/in/Raw/v2/1.mp4", "/in/Raw/loose.mp4",
+               "/in/Raw/v3/1.mp4", None]
+    assert source_groups(ids, videos, sources) == [
+        "folder:/in/Raw/v1", "folder:/in/Raw/v1", "folder:/in/Raw/v2",
+        "clip:d",               # directly in the common folder: its own group
+        "video:v9",             # the labels' video_id wins
+        "clip:f"]               # no known source path
+    # every clip in one folder: nothing tells the videos apart
+    assert source_groups(["a", "b"], [None, None], ["x/1.mp4", "x/2.mp4"]) == ["clip:a", "clip:b"]
+
+
+def test_pickle_without_valid_and_test_is_split_by_source_video(tmp_path: Path, caplog) -> None:
+    path = make_pickle(tmp_path / "u.pkl", n_train=120, seed=2)
+    raw = pickle.load(open(path, "rb"))
+    only_train = tmp_path / "train_only.pkl"
+    pickle.dump({"train": raw["train"]}, open(only_train, "wb"))
+    with caplog.at_level("WARNING", logger="pipeline.dataset"):
+        bundle = load_data(only_train, PipelineConfig())
+    assert "no valid / test split" in caplog.text and "by source video" in caplog.text
+    counts = bundle.counts()
+    assert sum(counts.values()) == 120 and all(counts[k] > 0 for k in ("train", "valid", "test"))
+    video_split: dict[str, set] = {}
+    for k, samples in bundle.splits.items():
+        for s in samples:
+            video_split.setdefault(s["id"].split("$_$")[0], set()).add(k)
+    assert len(video_split) == 7 and all(len(v) == 1 for v in video_split.values())
+    again = load_data(only_train, PipelineConfig())                     # seeded: the same split again
+    assert [s["id"] for s in again.splits["test"]] == [s["id"] for s in bundle.splits["test"]]
+    # a given test split is kept as it is; only valid is taken from train
+    no_valid = tmp_path / "no_valid.pkl"
+    pickle.dump({"train": raw["train"], "test": raw["test"]}, open(no_valid, "wb"))
+    b2 = load_data(no_valid, PipelineConfig())
+    assert [s["id"] for s in b2.splits["test"]] == list(raw["test"]["id"])
+    assert b2.counts()["valid"] > 0 and b2.counts()["train"] + b2.counts()["valid"] == 120
+    train_videos = {s["id"].split("$_$")[0] for s in b2.splits["train"]}
+    assert not train_videos & {s["id"].split("$_$")[0] for s in b2.splits["valid"]}

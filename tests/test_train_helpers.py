@@ -73,9 +73,10 @@ SPEC = {"text_model": "test-encoder", "text_dim": 8, "audio_dim": 5, "video_dim"
 
 
 def make_clip_features(clip_id: str, label: float, rng: np.random.Generator, n_words: int | None = None,
-                       spec: dict[str, Any] | None = None) -> ClipFeatures:
+                       spec: dict[str, Any] | None = None, source: str | None = None) -> ClipFeatures:
     """One clip's unaligned features: words with times, [CLS] tokens [SEP], audio at 12.5 Hz, video at
-    15 fps with a face missing in some frames; text feature 0 and audio feature 0 carry the label."""
+    15 fps with a face missing in some frames; text feature 0 and audio feature 0 carry the label.
+    ``source`` is the clip file's path (default ``/videos/<clip_id>.mp4``)."""
     from pipeline.config import ExtractConfig
     from pipeline.extract_stage import extraction_settings
 
@@ -99,7 +100,7 @@ def make_clip_features(clip_id: str, label: float, rng: np.random.Generator, n_w
     settings = extraction_settings(ExtractConfig())
     settings["fps"] = spec["fps"]
     return ClipFeatures(
-        clip_id=clip_id, source=f"/videos/{clip_id}.mp4", duration_s=duration,
+        clip_id=clip_id, source=source or f"/videos/{clip_id}.mp4", duration_s=duration,
         transcript=" ".join(["w"] * n_words),
         transcript_source="labels", words=[f"w{i}" for i in range(n_words)],
         word_start=starts.astype(np.float32), word_end=ends.astype(np.float32), word_times_source="matched",
@@ -111,11 +112,14 @@ def make_clip_features(clip_id: str, label: float, rng: np.random.Generator, n_w
 
 
 def make_cache(root: Path, n_clips: int = 40, with_split: bool = True, seed: int = 0,
-               spec: dict[str, Any] | None = None, unlabelled: int = 0) -> Path:
-    """A cache folder: entries, manifest.jsonl (with "entry" fields) and labels.csv.
+               spec: dict[str, Any] | None = None, unlabelled: int = 0, with_video_id: bool = True,
+               layout: str = "flat") -> Path:
+    """A cache folder: entries, manifest.jsonl (with "entry" and "path" fields) and labels.csv.
 
     Clips ``vidK_J`` come from source videos ``vidK`` (4 clips each).  With ``with_split`` the labels
-    give a split per video; ``unlabelled`` extra clips get entries but no label.
+    give a split per video; ``unlabelled`` extra clips get entries but no label; ``with_video_id=False``
+    leaves the labels' video_id column empty.  ``layout``: "flat" clip files ``/videos/vidK_J.mp4``, or
+    "folders" as MMSA-FET keeps them, ``/data/Raw/vidK/J.mp4``.
     """
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -123,7 +127,8 @@ def make_cache(root: Path, n_clips: int = 40, with_split: bool = True, seed: int
     for i in range(n_clips + unlabelled):
         video_id, clip_id = f"vid{i // 4}", f"vid{i // 4}_{i % 4}"
         label = float(np.round(rng.uniform(-3, 3), 1))
-        clip = make_clip_features(clip_id, label, rng, spec=spec)
+        source = f"/data/Raw/{video_id}/{i % 4}.mp4" if layout == "folders" else f"/videos/{clip_id}.mp4"
+        clip = make_clip_features(clip_id, label, rng, spec=spec, source=source)
         key = entry_key(f"{seed:04d}{i:016d}", {"clip": clip_id})
         path = entry_path(root, key)
         save_entry(path, clip)
@@ -131,7 +136,7 @@ def make_cache(root: Path, n_clips: int = 40, with_split: bool = True, seed: int
                         "key": key})
         if i < n_clips:
             split = ("train", "train", "train", "valid", "test")[(i // 4) % 5] if with_split else ""
-            rows.append([clip_id, repr(label), clip.transcript, split, video_id])
+            rows.append([clip_id, repr(label), clip.transcript, split, video_id if with_video_id else ""])
     write_manifest(root, records)
     with open(root / "labels.csv", "w", newline="") as f:
         w = csv.writer(f)
