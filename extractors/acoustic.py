@@ -51,13 +51,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from extractors.errors import ExtractionError
+from extractors.packaged_models import package_version
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import AudioConfig
 
 log = logging.getLogger(__name__)
 
-ACOUSTIC_VERSION = "ac1"        # bump when a feature definition here changes (for the cache key)
+ACOUSTIC_VERSION = "ac1"        # bump when a feature definition here changes (in the cache key: acoustic_versions)
+
+
+def acoustic_versions() -> dict[str, str]:
+    """What changes the acoustic features besides the settings (for the cache key): the librosa
+    version and :data:`ACOUSTIC_VERSION`, read without importing librosa."""
+    return {"librosa": package_version("librosa"), "definitions": ACOUSTIC_VERSION}
 N_MELS = 40
 N_CONTRAST_BANDS = 6          # librosa returns n_bands + 1 contrast rows
 ROLLOFF = 0.85

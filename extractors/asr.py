@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from extractors.packaged_models import builtin_model, model_load_error, package_version
+from extractors.packaged_models import builtin_model, builtin_versions, model_load_error, package_version
 from extractors.errors import ExtractionError, ModelLoadError
 from extractors.transcript import Word, clean_word, retime_collapsed_words, sanitize_words, voiced_mask
 
@@ -44,6 +44,21 @@ def resolve_asr_model(model: str) -> tuple[str, str]:
     if path.exists() or model.startswith((".", "/", "~")) or "\\" in model:
         raise ModelLoadError(f"ASR model '{model}': folder not found (give a CTranslate2 Whisper model folder)")
     return model, f"faster-whisper:{model}"
+
+
+def effective_compute_type(cfg: "AsrConfig", device: str) -> str:
+    """The compute type the model runs in: float16 on CUDA, ``cfg.compute_type`` on the CPU."""
+    return "float16" if device == "cuda" else cfg.compute_type
+
+
+def asr_versions(cfg: "AsrConfig", device: str) -> dict[str, str]:
+    """What changes the recognised words besides the settings (for the cache key), read without
+    loading anything: faster-whisper and ctranslate2 versions, the package carrying a ``builtin:``
+    model, and the effective compute type on ``device`` (float16 on CUDA, int8 by default on CPU)."""
+    out = {dist: package_version(dist) for dist in ("faster-whisper", "ctranslate2")}
+    out.update(builtin_versions(cfg.model, BUILTIN_MODELS))
+    out["compute_type"] = effective_compute_type(cfg, device)
+    return out
 
 
 def _resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -73,8 +88,9 @@ class SpeechRecognizer:
         self.cfg = cfg
         self.device = device
         target, self.name = resolve_asr_model(cfg.model)
-        self.compute_type = "float16" if device == "cuda" else cfg.compute_type
-        self.version = f"faster-whisper {package_version('faster-whisper')}; ctranslate2 {package_version('ctranslate2')}"
+        self.compute_type = effective_compute_type(cfg, device)
+        self.version = (f"faster-whisper {package_version('faster-whisper')}; "
+                        f"ctranslate2 {package_version('ctranslate2')}; {self.compute_type}")
         try:
             self._model = WhisperModel(target, device=device, compute_type=self.compute_type)
         except Exception as e:  # hub errors, missing files, bad compute type: one readable line

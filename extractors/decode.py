@@ -12,8 +12,10 @@ stream).  Every tool is given the file's absolute path (:func:`media_target`), s
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from extractors.errors import ExtractionError
+from extractors.packaged_models import first_installed
 
 # ffprobe's format names for a single picture: the image2 demuxer (a file named .png, .jpg...) and the
 # per-codec image pipes it uses when it recognises a picture by its content (png_pipe, jpeg_pipe, ...)
@@ -34,6 +37,27 @@ def media_target(path: Path) -> str:
     "/" and is always a plain file.  Messages keep naming ``path`` as the caller gave it.
     """
     return os.path.abspath(os.fspath(path))
+
+
+OPENCV_DISTS = ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless",
+                "opencv-contrib-python")   # distributions that install the cv2 module
+
+
+@functools.lru_cache(maxsize=1)
+def ffmpeg_version() -> str:
+    """The version of the ``ffmpeg`` program (it decodes and resamples the audio), or "unknown"."""
+    try:
+        out = subprocess.run(["ffmpeg", "-hide_banner", "-version"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    words = out.split()
+    return words[2] if len(words) > 2 and words[:2] == ["ffmpeg", "version"] else "unknown"
+
+
+def decode_versions() -> dict[str, str]:
+    """What changes decoded audio and frames (for the cache key): the ffmpeg program and OpenCV."""
+    return {"ffmpeg": ffmpeg_version(), "opencv": first_installed(*OPENCV_DISTS)}
 
 
 @dataclass

