@@ -9,24 +9,29 @@ import torch
 from torch import Tensor
 
 
-def prepare_mask(mask: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor:
-    """Return a (B, T) bool mask; None means every frame is real.
+def prepare_mask(mask: Tensor | None, batch: int, length: int,
+                 device: torch.device) -> tuple[Tensor, Tensor]:
+    """Return (mask, observed), both (B, T) bool; None means every frame is real.
 
-    A sample with no real frame at all (e.g. no face found in the whole clip) would make every masked
-    reduction undefined (0/0 means, max over nothing, attention over no keys).  Such a row gets its first
-    frame marked real; the caller zeroes padded inputs, so that frame is an all-zero "nothing observed"
-    frame, and the sample still gets a finite prediction.
+    ``observed`` is the caller's mask as given: the frames that hold data.  ``mask`` is what every
+    masked reduction uses.  A sample with no real frame at all (e.g. no face found in the whole clip)
+    would make those reductions undefined (0/0 means, max over nothing, attention over no keys), so in
+    ``mask`` such a row gets its first frame marked real.  The caller must zero its inputs with
+    ``observed``, *before* that promotion counts: frame 0 is then an all-zero "nothing observed" frame
+    whatever the padding held, and the sample gets the finite prediction of a one-frame all-zero input.
     """
     if mask is None:
-        return torch.ones(batch, length, dtype=torch.bool, device=device)
+        full = torch.ones(batch, length, dtype=torch.bool, device=device)
+        return full, full
     if mask.shape != (batch, length):
         raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {(batch, length)}")
-    mask = mask.to(device=device, dtype=torch.bool)
-    empty = ~mask.any(dim=1)
-    if length > 0 and bool(empty.any()):
-        mask = mask.clone()
-        mask[empty, 0] = True
-    return mask
+    observed = mask.to(device=device, dtype=torch.bool)
+    empty = ~observed.any(dim=1)
+    if length == 0 or not bool(empty.any()):
+        return observed, observed
+    promoted = observed.clone()
+    promoted[empty, 0] = True
+    return promoted, observed
 
 
 def zero_padded(x: Tensor, mask: Tensor) -> Tensor:

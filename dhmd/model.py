@@ -23,7 +23,11 @@ dtl losses; use_dm=False removes both dictionaries and the ctr losses (fusion th
 A removed component's loss is absent from `losses` and its outputs (edges, dictionary attention) are None.
 
 Padding: every reduction over time is masked (masks.py), convolutions see zeros at padded frames and
-attention masks padded keys, so a sample's output does not depend on what else is in its batch.
+attention masks padded keys, so a sample's output does not depend on what else is in its batch.  A sample
+with no real frame in a modality (no face in the whole clip) is given one all-zero frame there: inputs are
+zeroed with the caller's masks before masks.prepare_mask's promotion of frame 0 takes effect, so the
+sample's prediction is that of the same sample with a one-frame all-zero input for that modality,
+whatever its padding held.
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ from .dictionary import DictionaryMatching
 from .fusion import FusionHead
 from .graph_distill import GraphDistillationUnit
 from .losses import cross_modal_triplet_loss, task_loss, triplet_classes
-from .masks import key_mask_or_none, masked_mean, prepare_mask
+from .masks import key_mask_or_none, masked_mean, prepare_mask, zero_padded
 from .projection import TemporalProjection
 
 
@@ -143,10 +147,14 @@ class DHMD(nn.Module):
         inputs = [text, audio, video]
         self._check_inputs(inputs)
         batch, device = text.shape[0], text.device
-        masks = [prepare_mask(m, batch, x.shape[1], device)
-                 for x, m in zip(inputs, (text_mask, audio_mask, video_mask))]
+        masks, observed = zip(*(prepare_mask(m, batch, x.shape[1], device)
+                                for x, m in zip(inputs, (text_mask, audio_mask, video_mask))))
+        masks = list(masks)
         key_masks = [key_mask_or_none(m) for m in masks]
-        feats = [proj(x.float(), m) for proj, x, m in zip(self.projections, inputs, masks)]
+        # zero the padding with the caller's masks first: a row without any real frame then has an
+        # all-zero frame 0 where `masks` promoted it, not whatever its padding held
+        inputs = [zero_padded(x.float(), o) for x, o in zip(inputs, observed)]
+        feats = [proj(x, m) for proj, x, m in zip(self.projections, inputs, masks)]
 
         # 1) feature decoupling -> homogeneous / heterogeneous sequences
         homo = dec = None

@@ -32,9 +32,12 @@ def test_mask_helpers():
     assert torch.equal(masked_max(x, mask)[1], x[1, 0])
     assert positions(mask).tolist() == [[0, 1, 2, 2], [0, 0, 0, 0]]
     assert positions(torch.tensor([[False, True, True]])).tolist() == [[0, 0, 1]]   # left padding
-    fixed = prepare_mask(torch.tensor([[False, False], [True, False]]), 2, 2, torch.device("cpu"))
+    given = torch.tensor([[False, False], [True, False]])
+    fixed, observed = prepare_mask(given, 2, 2, torch.device("cpu"))
     assert fixed.tolist() == [[True, False], [True, False]]                  # an empty row keeps frame 0
-    assert prepare_mask(None, 2, 3, torch.device("cpu")).all()
+    assert torch.equal(observed, given)                                      # ... but it holds no data
+    full, full_observed = prepare_mask(None, 2, 3, torch.device("cpu"))
+    assert full.all() and full_observed.all()
     with pytest.raises(ValueError, match="shape"):
         prepare_mask(mask, 2, 5, torch.device("cpu"))
 
@@ -169,7 +172,7 @@ def test_gd_unit_graph_and_distillation_loss():
     weights, loss = unit(feats, logits)
     assert weights.shape == (3, 3, 3)
     assert torch.all(weights >= 0) and torch.all(torch.diagonal(weights, dim1=1, dim2=2) == 0)
-    assert torch.allclose(weights.sum(dim=1), torch.ones(3, 3))                 # softmax per student
+    assert torch.allclose(weights.sum(dim=(1, 2)), torch.ones(3))              # one softmax per sample
     stacked = torch.stack(logits, 1)[..., 0]
     errors = (stacked.unsqueeze(2) - stacked.unsqueeze(1)).abs()               # E[b, teacher, student]
     assert torch.allclose(loss, (weights * errors).sum((1, 2)).mean())         # Eq. 9
@@ -190,6 +193,48 @@ def test_gd_unit_graph_and_distillation_loss():
     assert unit.edge.weight.grad.abs().sum() > 0 and unit.node.weight.grad.abs().sum() > 0
 
 
+def test_gd_unit_edges_into_a_student_depend_on_that_student():
+    """Eq. 8 feeds g with both ends of the edge.  Changing only modality j's input (its features or its
+    logits) must change the edges into j and their share of the sample's distillation budget; a softmax
+    over each student's column would have cancelled j's part of the score and left column j unchanged."""
+    torch.manual_seed(0)
+    unit = GraphDistillationUnit(feat_dim=6, logit_dim=2, hidden=4, classification=False)
+    feats = [torch.randn(5, 6) for _ in range(3)]
+    logits = [torch.randn(5, 2) for _ in range(3)]
+    with torch.no_grad():
+        base, _ = unit(feats, logits)
+    off = ~torch.eye(3, dtype=torch.bool)
+    assert torch.allclose(base[:, off].sum(-1), torch.ones(5))                 # W sums to 1 per sample
+    assert torch.all(base[:, ~off] == 0)
+    for j in range(3):
+        for part in ("feats", "logits"):
+            f2, l2 = list(feats), list(logits)
+            if part == "feats":
+                f2[j] = feats[j] + 2.0 * torch.randn(5, 6)
+            else:
+                l2[j] = logits[j] + 2.0 * torch.randn(5, 2)
+            with torch.no_grad():
+                new, _ = unit(f2, l2)
+            assert torch.allclose(new[:, off].sum(-1), torch.ones(5))
+            col_base, col_new = base[:, :, j], new[:, :, j]
+            assert torch.all((col_new - col_base).abs().amax(-1) > 1e-4), (j, part)   # overall
+            share_base, share_new = col_base.sum(-1), col_new.sum(-1)                # j's budget
+            assert torch.all((share_new - share_base).abs() > 1e-5), (j, part)
+            # relative to the edges of the same teacher into the other student k
+            i, k = [m for m in range(3) if m != j]
+            ratio_base, ratio_new = base[:, i, j] / base[:, i, k], new[:, i, j] / new[:, i, k]
+            assert torch.all((ratio_new / ratio_base - 1).abs() > 1e-4), (j, part)
+            # one FC layer g scores a(i) + b(j): two edges into j keep their ratio (teachers unchanged)
+            assert torch.allclose(new[:, i, j] / new[:, k, j], base[:, i, j] / base[:, k, j], rtol=1e-4)
+    # with the teacher half of g switched off, W is decided by the students alone: a column softmax
+    # would give 0.5 everywhere, the softmax over the six edges gives columns that differ
+    with torch.no_grad():
+        unit.edge.weight[:, :4] = 0.0
+        student_only, _ = unit(feats, logits)
+    assert torch.allclose(student_only[:, 1, 0], student_only[:, 2, 0])         # same student, same weight
+    assert torch.all((student_only[:, 0, 1] - student_only[:, 0, 2]).abs() > 1e-4)
+
+
 def test_gd_unit_classification_and_prior():
     torch.manual_seed(0)
     unit = GraphDistillationUnit(4, 3, 4, classification=True, use_prior=True)
@@ -200,8 +245,22 @@ def test_gd_unit_classification_and_prior():
     plain.load_state_dict(unit.state_dict())
     _, plain_loss = plain(feats, [same, same + 5.0, same - 1.0])
     assert plain_loss.abs() < 1e-5                                              # log-softmax: shift-free
-    assert loss_same > 0.1                                                      # the prior term
-    assert unit.prior is not None and torch.allclose(unit.prior.sum(0), torch.ones(3))
+    prior = unit.prior
+    assert prior is not None and torch.allclose(prior.sum(), torch.tensor(1.0))  # a distribution over edges
+    assert torch.all(torch.diagonal(prior) == 0) and torch.all(prior[~torch.eye(3, dtype=torch.bool)] > 0)
+    assert prior[0, 1] == prior[0, 2] == prior.max()                            # L->A and L->V favoured
+    expected_prior_term = (weights.mean(0) - prior).abs().sum()
+    assert torch.allclose(loss_same, expected_prior_term, atol=1e-5)            # only the prior term is left
+    assert loss_same > 0.1
+    # the prior term pulls the batch-mean graph towards the prior (which a W of the form
+    # exp(a_i + b_j) / Z can reach: teacher strengths 3:1:1, equal students)
+    opt = torch.optim.Adam(unit.parameters(), lr=0.05)
+    for _ in range(40):
+        _, loss = unit(feats, [same, same + 5.0, same - 1.0])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * loss_same.item()
 
 
 # ---------------------------------------------------------------------------------- dictionary

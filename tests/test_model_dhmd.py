@@ -65,6 +65,7 @@ def test_output_interface(task, n_classes):
     for edges in (out.edges_homo, out.edges_hetero):
         assert edges.shape == (6, 3, 3) and torch.all(edges >= 0)
         assert torch.all(torch.diagonal(edges, dim1=1, dim2=2) == 0)
+        assert torch.allclose(edges.sum(dim=(1, 2)), torch.ones(6))            # one softmax, 6 edges
     for attn in (out.dict_attn_homo, out.dict_attn_hetero):
         assert attn.shape == (6, 3, 16) and torch.allclose(attn.sum(-1), torch.ones(6, 3))
     assert model(*x).losses == {}                                               # no labels, no losses
@@ -107,14 +108,35 @@ def test_prediction_does_not_depend_on_padding(switches):
                 assert torch.allclose(getattr(out, key)[row], getattr(alone, key)[0], atol=1e-4), key
 
 
-def test_sample_without_any_real_frame_gets_a_finite_prediction():
+@pytest.mark.parametrize("modality", ["audio", "video"])
+def test_sample_without_any_real_frame_does_not_depend_on_its_padding(modality):
+    """No face in the whole clip (or no voiced audio): the sample sees one all-zero "nothing observed"
+    frame in that modality, whatever its padded frames hold."""
     torch.manual_seed(0)
-    model = DHMD(small_cfg()).eval()
-    inputs, masks = pad_batch([random_sample((5, 9, 11)), random_sample((4, 6, 8))])
-    masks["video_mask"][1] = False                                             # no face in clip 2
+    model = DHMD(small_cfg(num_layers=2)).eval()
+    m = ("text", "audio", "video").index(modality)
+    samples = [random_sample((5, 9, 11)), random_sample((4, 6, 8))]
+    inputs, masks = pad_batch(samples)                                        # padding = random x100
+    masks[f"{modality}_mask"][1] = False                                       # clip 2: nothing real
+    zero_inputs = [x.clone() for x in inputs]
+    zero_inputs[m][1] = 0.0                                                    # same clip, zero padding
+    lone = [t.unsqueeze(0) for t in samples[1]]
+    lone[m] = torch.zeros(1, 1, lone[m].shape[-1])                             # one all-zero frame, real
     with torch.no_grad():
-        out = model(*inputs, **masks)
-    assert torch.isfinite(out.prediction).all() and torch.isfinite(out.dict_attn_hetero).all()
+        junk = model(*inputs, **masks)
+        zero = model(*zero_inputs, **masks)
+        alone = model(*lone)
+        single = model(*[x[1:] for x in inputs], **{k: v[1:] for k, v in masks.items()})   # alone, padded
+    assert torch.isfinite(junk.prediction).all() and torch.isfinite(junk.dict_attn_hetero).all()
+    assert torch.allclose(junk.prediction, zero.prediction, atol=1e-5)
+    for name in ("text", "audio", "video"):
+        assert torch.allclose(junk.unimodal[name], zero.unimodal[name], atol=1e-5), name
+    for out in (junk, zero, single):
+        row = 1 if out is not single else 0
+        assert torch.allclose(out.prediction[row], alone.prediction[0], atol=1e-5)
+        for key in ("edges_homo", "edges_hetero", "dict_attn_homo", "dict_attn_hetero"):
+            assert torch.allclose(getattr(out, key)[row], getattr(alone, key)[0], atol=1e-5), key
+    assert torch.allclose(junk.prediction[0], zero.prediction[0], atol=1e-5)   # the other clip as well
 
 
 # ---------------------------------------------------------------------------- sequence lengths
