@@ -3,6 +3,12 @@
 Each subcommand's work lives in its own module (``pipeline.extract_stage``, ``pipeline.train``, ...);
 this file only wires options to those functions and turns errors into exit statuses:
 0 success, 1 runtime failure, 2 usage or config error, 3 some inputs failed.
+
+Logging: the project's own loggers (``dhmd_pipeline``, ``pipeline.*``, ``extractors.*``, ``dhmd.*``)
+log at INFO by default (progress lines), DEBUG with ``-v``; other libraries show warnings and errors
+only, unless ``-vv`` (DEBUG everywhere).  ``--quiet`` shows warnings and errors only.  An error the
+user can act on (:class:`ConfigError`, :class:`UserError`) is one line on stderr; ``--debug`` prints
+its traceback first, with the same exit status.
 """
 from __future__ import annotations
 
@@ -10,22 +16,58 @@ import functools
 import importlib
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.config import DEFAULT_CONFIG, MIN_DEMO_SENTENCES, ConfigError, PipelineConfig, load_config
 from pipeline.errors import NotBuiltError, UserError
 
 log = logging.getLogger("dhmd_pipeline")
 
+PROJECT_LOGGERS = ("dhmd_pipeline", "pipeline", "extractors", "dhmd")
+# libraries that log a lot below WARNING; held at WARNING unless -vv
+NOISY_LOGGERS = ("faster_whisper", "transformers", "numba", "matplotlib", "PIL", "absl", "urllib3")
+
+
+def _is_project(name: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in PROJECT_LOGGERS)
+
+
+class _OthersAtLeast(logging.Filter):
+    """Passes every record of the project's loggers, and other libraries' from ``level`` up."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level or _is_project(record.name)
+
+
+def log_levels(verbose: int, quiet: bool) -> tuple[int, int]:
+    """``(project level, other libraries' level)`` for -v count and --quiet."""
+    if quiet:
+        return logging.WARNING, logging.WARNING
+    if verbose >= 2:
+        return logging.DEBUG, logging.DEBUG
+    return (logging.DEBUG if verbose == 1 else logging.INFO), logging.WARNING
+
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("faster_whisper", "transformers", "numba", "matplotlib", "PIL", "absl", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    """One stderr handler on the root logger (see the module docstring for the levels).
+
+    The root logger is at the project's level (worker processes take their level from it); the
+    handler's filter holds other libraries back to their level.
+    """
+    project, others = log_levels(verbose, quiet)
+    logging.basicConfig(level=project, format="%(levelname)s %(name)s: %(message)s", force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_OthersAtLeast(others))
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.NOTSET if others <= logging.DEBUG else max(others, logging.WARNING))
 
 
 def common_options(fn: Callable) -> Callable:
@@ -35,24 +77,28 @@ def common_options(fn: Callable) -> Callable:
                   default=None, help="Settings file (default: pipeline.toml of this project).")
     @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                   help="Override one setting, e.g. --set train.epochs=8 (repeatable).")
-    @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+    @click.option("-v", "--verbose", count=True,
+                  help="-v: debug messages of dhmd-pipeline; -vv: debug messages of every library too "
+                       "(default: progress messages of dhmd-pipeline, warnings of the rest).")
     @click.option("--quiet", is_flag=True, help="Only warnings and errors.")
-    @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+    @click.option("--debug", is_flag=True, help="Show the full traceback of an error (same exit status).")
     @functools.wraps(fn)
     def wrapper(config_path: Path | None, overrides: tuple[str, ...], verbose: int, quiet: bool,
                 debug: bool, **kwargs: Any) -> None:
         _setup_logging(verbose, quiet)
+        log.debug("settings: %s%s", config_path or DEFAULT_CONFIG,
+                  "".join(f" --set {o}" for o in overrides))
         try:
             cfg = load_config(config_path, overrides)
             code = fn(cfg, **kwargs)
         except ConfigError as e:
             if debug:
-                raise
+                traceback.print_exc()
             click.echo(f"config error: {e}", err=True)
             sys.exit(2)
         except UserError as e:
             if debug:
-                raise
+                traceback.print_exc()
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
@@ -145,7 +191,8 @@ def evaluate(cfg: PipelineConfig, checkpoint: Path, data: Path | None, split: st
 @main.command()
 @click.argument("clips", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Model to use (default: newest data/runs/*/best.pt).")
+              help="Model to use (default: the predict.checkpoint setting; when that is empty, the newest "
+                   "best.pt in data/runs/*/ or data/runs/*/*/, e.g. a seed-<n> run of train --seeds).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per clip.")
 @click.option("--explain", "explain_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write a PNG per clip with edge matrices and a timeline.")
@@ -172,8 +219,9 @@ def export(cfg: PipelineConfig, data: Path | None, fmt: str, out: Path) -> int:
 @main.command()
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the demo corpus, cache and run go (default: demo.workdir).")
-@click.option("--sentences", type=click.IntRange(4, 10000), default=None,
-              help="Use only this many sentences (a shrunk demo).")
+@click.option("--sentences", type=click.IntRange(min=MIN_DEMO_SENTENCES), default=None,
+              help=f"Use only this many sentences, at least {MIN_DEMO_SENTENCES} (a shrunk demo; "
+                   f"default: demo.sentences, 0 = all).")
 @click.option("--epochs", type=click.IntRange(1, 1000), default=None, help="Training epochs.")
 @common_options
 def demo(cfg: PipelineConfig, workdir: Path | None, sentences: int | None, epochs: int | None) -> int:
