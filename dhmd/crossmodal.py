@@ -4,7 +4,8 @@ For each target modality m, two cross-modal transformers let X_m^prt (queries) a
 other two modalities (keys/values); the two outputs are concatenated (B, T_m, 2C) (Eq. 10, "each modality
 will be reinforced by the two others and the resulting features will be concatenated").  As in MulT and
 the DMD code, a self-attention "memory" transformer then runs over the concatenation; it has
-min(3, num_layers) layers (MulT's 3 at the paper's 4 layers).  Layers are pre-LayerNorm with a 4x FFN;
+min(3, num_layers) layers (MulT's 3 at the paper's 4 layers).  Layers are pre-LayerNorm with a 4x FFN
+(a cross-modal layer normalises its source with a LayerNorm of its own, a self-attention layer has none);
 inputs are scaled by sqrt(dim) and get fixed sinusoidal positions counted over real frames only.
 
 Attention is torch.nn.functional.scaled_dot_product_attention with a key-padding mask, so padded frames
@@ -47,15 +48,18 @@ def attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, dropout_p: 
 
 
 class AttentionLayer(nn.Module):
-    """Pre-LN transformer layer; cross-modal when a source sequence is given, else self-attention."""
+    """Pre-LN transformer layer: cross-modal (cross=True: keys/values from a source sequence, which gets
+    its own LayerNorm norm_kv) or self-attention (cross=False: no norm_kv, keys/values from the queries'
+    normalised input)."""
 
     def __init__(self, dim: int, heads: int, attn_dropout: float, relu_dropout: float,
-                 res_dropout: float) -> None:
+                 res_dropout: float, cross: bool = False) -> None:
         super().__init__()
         self.heads = heads
         self.attn_dropout = attn_dropout
+        self.cross = cross
         self.norm_q = nn.LayerNorm(dim)
-        self.norm_kv = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim) if cross else None
         self.to_q = nn.Linear(dim, dim)
         self.to_kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -64,11 +68,21 @@ class AttentionLayer(nn.Module):
                                 nn.Linear(4 * dim, dim))
         self.res_drop = nn.Dropout(res_dropout)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before self-attention layers lost norm_kv hold its (never trained) weights
+        if not self.cross:
+            for name in ("weight", "bias"):
+                state_dict.pop(f"{prefix}norm_kv.{name}", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _split(self, x: Tensor) -> Tensor:
         b, t, d = x.shape
         return x.view(b, t, self.heads, d // self.heads).transpose(1, 2)
 
     def forward(self, x: Tensor, source: Tensor | None, key_mask: Tensor | None) -> Tensor:
+        if (source is not None) != self.cross:
+            raise ValueError("a cross-modal layer needs a source sequence and a self-attention layer "
+                             "takes none")
         q_in = self.norm_q(x)
         kv_in = q_in if source is None else self.norm_kv(source)
         k, v = self.to_kv(kv_in).chunk(2, dim=-1)
@@ -89,12 +103,13 @@ class AttentionEncoder(nn.Module):
     """A stack of AttentionLayer with the MulT input embedding (sqrt(dim) scale + positions + dropout)."""
 
     def __init__(self, dim: int, heads: int, layers: int, attn_dropout: float, relu_dropout: float,
-                 res_dropout: float, embed_dropout: float) -> None:
+                 res_dropout: float, embed_dropout: float, cross: bool = False) -> None:
         super().__init__()
         self.dim = dim
         self.embed_drop = nn.Dropout(embed_dropout)
         self.layers = nn.ModuleList(
-            AttentionLayer(dim, heads, attn_dropout, relu_dropout, res_dropout) for _ in range(layers))
+            AttentionLayer(dim, heads, attn_dropout, relu_dropout, res_dropout, cross)
+            for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
     def embed(self, x: Tensor, pos_emb: Tensor) -> Tensor:
@@ -120,7 +135,7 @@ class CrossmodalAttention(nn.Module):
         self.n = n_modalities
         drops = (attn_dropout, relu_dropout, res_dropout, embed_dropout)
         self.cross = nn.ModuleDict({
-            f"{s}_to_{t}": AttentionEncoder(dim, heads, layers, *drops)
+            f"{s}_to_{t}": AttentionEncoder(dim, heads, layers, *drops, cross=True)
             for t in range(n_modalities) for s in range(n_modalities) if s != t})
         mem_dim = (n_modalities - 1) * dim
         self.memory = nn.ModuleList(

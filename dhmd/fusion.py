@@ -6,6 +6,14 @@ Here each such block (up to 6: 3 modalities x {homogeneous, heterogeneous}) is g
 sigmoid of a linear map of itself - the block decides which of its channels matter, which is the DMD
 code's sigmoid weighting - the gated blocks are concatenated, passed through a residual two-layer MLP
 (the DMD output stage) and a linear layer gives the prediction.
+
+Precision: the whole head runs in float32 with autocast disabled, its inputs cast to float32.  Under
+bf16 autocast (CUDA training, or CPU autocast) its linear layers would otherwise return bf16, i.e. a
+prediction rounded to 8 significant bits (steps of 1/64 near a score of 2) before the loss and the
+metrics see it; casting that result to float afterwards cannot bring the lost bits back.  The head is a
+few (B, width) matrix products, so fp32 costs nothing measurable.  Float32Linear does the same for the
+auxiliary unimodal heads f, whose logits are predictions too (out.unimodal, the aux task losses, the
+GD-Units' distillation matrix).
 """
 from __future__ import annotations
 
@@ -25,5 +33,15 @@ class FusionHead(nn.Module):
         self.out = nn.Linear(width, out_dim)
 
     def forward(self, blocks: list[Tensor]) -> Tensor:
-        x = torch.cat([b * torch.sigmoid(gate(b)) for b, gate in zip(blocks, self.gates)], dim=-1)
-        return self.out(x + self.mlp(x))
+        with torch.autocast(device_type=blocks[0].device.type, enabled=False):
+            blocks = [b.float() for b in blocks]
+            x = torch.cat([b * torch.sigmoid(gate(b)) for b, gate in zip(blocks, self.gates)], dim=-1)
+            return self.out(x + self.mlp(x))
+
+
+class Float32Linear(nn.Linear):
+    """nn.Linear that always computes in float32 (autocast disabled, input cast to float32)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return super().forward(x.float())

@@ -28,6 +28,10 @@ with no real frame in a modality (no face in the whole clip) is given one all-ze
 zeroed with the caller's masks before masks.prepare_mask's promotion of frame 0 takes effect, so the
 sample's prediction is that of the same sample with a one-frame all-zero input for that modality,
 whatever its padding held.
+
+Precision: under bf16 autocast the projections, attention, decoupling and dictionaries run in bf16; the
+auxiliary heads (fusion.Float32Linear), the GD-Units and the fusion head run in float32 with autocast
+disabled, so predictions, unimodal logits and edges are float32 values, not bf16 values cast back.
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ from .config import DHMDConfig
 from .crossmodal import CrossmodalAttention
 from .decoupling import MODALITIES, Decoupled, FeatureDecoupler
 from .dictionary import DictionaryMatching
-from .fusion import FusionHead
+from .fusion import Float32Linear, FusionHead
 from .graph_distill import GraphDistillationUnit
 from .losses import cross_modal_triplet_loss, task_loss, triplet_classes
 from .masks import key_mask_or_none, masked_mean, prepare_mask, zero_padded
@@ -102,7 +106,7 @@ class DHMD(nn.Module):
         hetero_dim = self.crossmodal.out_dim if cfg.use_ca else c
 
         def space(dim: int) -> tuple[nn.Module, nn.Module | None, nn.Module | None]:
-            head = nn.Linear(dim, out)                                   # f (theta_1), auxiliary head
+            head = Float32Linear(dim, out)             # f (theta_1), auxiliary head; fp32 under autocast
             gd = GraphDistillationUnit(dim, out, cfg.gd_hidden, classification, cfg.gd_prior) \
                 if cfg.use_gd else None
             dm = DictionaryMatching(dim, cfg.dictionary_size) if cfg.use_dm else None
@@ -170,8 +174,8 @@ class DHMD(nn.Module):
         hetero = self._space(hetero_seqs, masks, self.head_hetero, self.gd_hetero, self.dict_hetero)
         # 4) fusion and prediction
         spaces = [s for s in (homo, hetero) if s is not None]
-        prediction = self.fusion([b for s in spaces for b in s.blocks]).float()   # fp32 under autocast too
-        unimodal = {name: torch.stack([s.logits[m].float() for s in spaces]).mean(0)
+        prediction = self.fusion([b for s in spaces for b in s.blocks])   # fp32: the head runs without autocast
+        unimodal = {name: torch.stack([s.logits[m] for s in spaces]).mean(0)
                     for m, name in enumerate(MODALITIES)}
         if cfg.task == "regression":
             prediction = prediction.squeeze(-1)

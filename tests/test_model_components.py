@@ -98,8 +98,15 @@ def test_crossmodal_units_shapes_and_padding():
     for a, b, t in zip(alone, batch, lens):
         assert torch.allclose(a, b[:, :t], atol=1e-5)
     assert len(unit.cross) == 6 and len(unit.memory) == 3
-    enc = AttentionEncoder(8, 2, 1, 0.0, 0.0, 0.0, 0.0)
-    assert enc(feats[0], sinusoidal_positions(positions(masks[0]), 8)).shape == (1, 4, 8)
+    enc = AttentionEncoder(8, 2, 1, 0.0, 0.0, 0.0, 0.0)                      # self-attention by default
+    pos = sinusoidal_positions(positions(masks[0]), 8)
+    assert enc(feats[0], pos).shape == (1, 4, 8)
+    assert enc.layers[0].norm_kv is None and all(lay.norm_kv is None for m in unit.memory for lay in m.layers)
+    assert all(lay.norm_kv is not None for c in unit.cross.values() for lay in c.layers)
+    with pytest.raises(ValueError, match="self-attention"):
+        enc(feats[0], pos, feats[0], pos)                                       # no source for a self layer
+    with pytest.raises(ValueError, match="source"):
+        unit.cross["0_to_1"](feats[0], pos, None)
 
 
 # ------------------------------------------------------------------------------------ decoupling

@@ -196,6 +196,39 @@ def test_each_loss_trains_its_own_parameters():
             assert g is None or g.abs().sum() == 0, f"{name} leaks into {untouched[name]}"
 
 
+@pytest.mark.parametrize("task,n_classes", [("regression", 2), ("classification", 3)])
+def test_every_parameter_gets_a_gradient(task, n_classes):
+    """All switches on: one backward pass of the total loss reaches every parameter (nothing unused,
+    e.g. no key/value LayerNorm in the self-attention memory layers)."""
+    torch.manual_seed(0)
+    model = DHMD(small_cfg(num_layers=2, task=task, n_classes=n_classes))
+    x, y = batch_with_labels()
+    # 5 of 8 labels above the (near-zero) initial prediction, so the L1 signs do not cancel
+    labels = y + 0.5 if task == "regression" else torch.arange(8) % n_classes
+    model(*x, labels=labels).losses["total"].backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+    assert all(layer.norm_kv is None for enc in model.crossmodal.memory for layer in enc.layers)
+    assert all(layer.norm_kv is not None for enc in model.crossmodal.cross.values() for layer in enc.layers)
+
+
+def test_checkpoint_with_memory_norm_kv_still_loads():
+    """Checkpoints written before the memory layers lost norm_kv hold its (never trained) weights."""
+    torch.manual_seed(0)
+    model = DHMD(small_cfg())
+    state = model.state_dict()
+    old = dict(state)
+    for m, enc in enumerate(model.crossmodal.memory):
+        for i in range(len(enc.layers)):
+            old[f"crossmodal.memory.{m}.layers.{i}.norm_kv.weight"] = torch.ones(32)
+            old[f"crossmodal.memory.{m}.layers.{i}.norm_kv.bias"] = torch.zeros(32)
+    rebuilt = DHMD(small_cfg())
+    rebuilt.load_state_dict(old)                                               # strict, no error
+    assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in state.items())
+    with pytest.raises(RuntimeError, match="norm_kv"):                         # cross layers still need it
+        rebuilt.load_state_dict({k: v for k, v in state.items() if "cross.0_to_1.layers.0.norm_kv" not in k})
+
+
 def test_tiny_batch_is_overfitted():
     torch.manual_seed(0)
     model = DHMD(small_cfg(**NO_DROPOUT))
@@ -262,6 +295,54 @@ def test_same_seed_same_result_on_cpu():
         return out.prediction.detach(), model.fusion.out.weight.detach().clone()
     (p1, w1), (p2, w2) = run(), run()
     assert torch.equal(p1, p2) and torch.equal(w1, w2)
+
+
+# ----------------------------------------------------------------------------------- precision
+def _not_bf16(x: torch.Tensor) -> torch.Tensor:
+    """True where a float32 value is not exactly representable in bfloat16."""
+    return x.to(torch.bfloat16).float() != x
+
+
+def test_predictions_are_float32_under_bf16_autocast():
+    """Under bf16 autocast the prediction and the unimodal logits are float32 values computed in float32
+    (not bf16-rounded and cast back): the heads match a hand-written fp32 computation on their inputs."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = DHMD(small_cfg(**NO_DROPOUT)).eval()
+    x, y = batch_with_labels(batch=16)
+    seen: dict[str, list] = {"fusion": [], "head_homo": [], "head_hetero": []}
+    for name in seen:
+        getattr(model, name).register_forward_hook(
+            lambda mod, args, out, name=name: seen[name].append((args[0], out)))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(*x, labels=y)
+    blocks, _ = seen["fusion"][0]
+    assert any(b.dtype == torch.bfloat16 for b in blocks)                     # autocast was really on
+    pred = out.prediction
+    assert pred.dtype == torch.float32 and _not_bf16(pred).sum() >= 14         # not confined to bf16 values
+
+    def linear(layer, v):
+        return F.linear(v.float(), layer.weight.float(), layer.bias.float())
+
+    with torch.no_grad():                                                      # the fusion head by hand
+        fusion = model.fusion
+        xs = torch.cat([b.float() * torch.sigmoid(linear(g, b)) for b, g in zip(blocks, fusion.gates)], -1)
+        hidden = linear(fusion.mlp[3], torch.relu(linear(fusion.mlp[0], xs)))
+        expected = linear(fusion.out, xs + hidden).squeeze(-1)
+        rounded = expected.to(torch.bfloat16).float()
+    assert torch.allclose(pred, expected, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(pred, rounded, atol=1e-6, rtol=1e-6)             # the test can tell bf16
+
+    for m, name in enumerate(("text", "audio", "video")):
+        logits = out.unimodal[name]
+        assert logits.dtype == torch.float32 and _not_bf16(logits).sum() >= 14, name
+        with torch.no_grad():
+            heads = [linear(getattr(model, h), seen[h][m][0]) for h in ("head_homo", "head_hetero")]
+        assert torch.allclose(logits, torch.stack(heads).mean(0).squeeze(-1), atol=1e-6, rtol=1e-6), name
+    for edges in (out.edges_homo, out.edges_hetero):
+        assert edges.dtype == torch.float32
+        assert torch.allclose(edges.sum((1, 2)), torch.ones(16), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ CUDA
