@@ -15,7 +15,11 @@ One run:
    model loads.
 5. Extract the others in this process (``workers`` = 1) or in a pool of spawned processes, each
    loading the models once.  Every clip is caught on its own: a failure is recorded with its
-   cause and the batch goes on.
+   cause and the batch goes on.  A worker process that dies takes no other clip with it: the
+   clips it shared the pool with run again, one at a time, and only the clip that kills a process
+   running alone is failed (:func:`_run_pool`).  A model that cannot be loaded (text, face, or the
+   speech recogniser on the first clip that needs it) is a configuration error, not a bad clip:
+   the run stops with one line naming the model and the setting, exit status 2.
 6. Write ``OUT/manifest.jsonl`` (rewritten as clips finish, so an interrupted run leaves a true
    partial one) and print ``extracted N clips: A ok, B cached, C failed`` to stderr, plus one line
    per failure.  Exit status 0 when nothing failed, 3 otherwise.
@@ -32,7 +36,7 @@ import time
 import traceback
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.cache import entry_key, entry_path, file_hash, save_entry, write_manifest
 from pipeline.errors import UserError
@@ -198,8 +202,13 @@ def failed_record(job: dict[str, Any], error: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- extraction of one job
 
 def extract_job(job: dict[str, Any], cfg: Any, models: Any) -> dict[str, Any]:
-    """Extract one clip into its entry and return its manifest record; never raises for a bad clip."""
-    from extractors.errors import ExtractionError
+    """Extract one clip into its entry and return its manifest record; never raises for a bad clip.
+
+    Raises :class:`~extractors.errors.ModelLoadError` when a model cannot be loaded (the speech
+    recogniser loads on the first clip that needs it): that is a configuration problem that would
+    fail every clip, so the caller stops the run (exit status 2) instead of failing clips.
+    """
+    from extractors.errors import ExtractionError, ModelLoadError
     from pipeline.extract_stage import extract_clip
 
     path = Path(job["path"])
@@ -212,6 +221,8 @@ def extract_job(job: dict[str, Any], cfg: Any, models: Any) -> dict[str, Any]:
             timings["total"] = round(timings.get("total", 0.0) + job["probe_s"], 4)
         save_entry(Path(job["entry_abs"]), clip)
         return record_from_meta(job, clip.meta_dict(), "ok")
+    except ModelLoadError:
+        raise
     except ExtractionError as e:
         log.debug("%s failed:\n%s", path, traceback.format_exc())
         msg = str(e)
@@ -251,11 +262,28 @@ def _init_worker(cfg_json: str, device: str, threads: int, log_level: int) -> No
 
 
 def _worker_job(job: dict[str, Any]) -> dict[str, Any]:
+    """What a worker process runs per clip: :func:`extract_job` with the worker's models.
+
+    A model that cannot be loaded (at start-up, or the speech recogniser on first use) gives a
+    record marked ``fatal``: the parent stops the run with its message.
+    """
+    from extractors.errors import ModelLoadError
+
     if "error" in _WORKER:
         rec = failed_record(job, _WORKER["error"])
         rec["fatal"] = True
         return rec
-    return extract_job(job, _WORKER["cfg"], _WORKER["models"])
+    try:
+        return extract_job(job, _WORKER["cfg"], _WORKER["models"])
+    except ModelLoadError as e:
+        rec = failed_record(job, str(e))
+        rec["fatal"] = True
+        return rec
+
+
+def _worker_ready() -> str | None:
+    """Run first in a fresh worker: None when its models loaded, else why they did not."""
+    return _WORKER.get("error")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -297,62 +325,119 @@ def _run_in_process(jobs: list[tuple[int, dict[str, Any]]], cfg: Any, device: st
     try:
         for i, job in jobs:
             bar.set_postfix_str(Path(job["path"]).name[-30:], refresh=False)
-            manifest.put(i, extract_job(job, cfg, models))
+            try:
+                rec = extract_job(job, cfg, models)
+            except ModelLoadError as e:       # the speech recogniser, loaded by the first clip needing it
+                raise UserError(str(e), exit_code=2) from None
+            manifest.put(i, rec)
             bar.update(1)
     finally:
         models.close()
 
 
+WORKER_DIED = ("the worker process died while extracting this clip on its own (a crash in native code, "
+               "or the process was killed, e.g. out of memory)")
+
+
 def _run_pool(jobs: list[tuple[int, dict[str, Any]]], cfg: Any, device: str, workers: int,
-              manifest: _Manifest, bar: Any) -> None:
-    """Run jobs in ``workers`` spawned processes; a crashed worker fails only its in-flight clips."""
+              manifest: _Manifest, bar: Any, job_fn: Callable[[dict[str, Any]], dict[str, Any]] = _worker_job
+              ) -> None:
+    """Run jobs in ``workers`` spawned processes; a worker that dies fails its own clip, no other.
+
+    ``job_fn`` is what a worker runs per clip (:func:`_worker_job`; it is sent to the processes by
+    name, so it must be a module-level function).  At most ``workers`` clips are in flight.
+
+    When a worker process dies (a crash in native code, ``os._exit``, the OOM killer),
+    concurrent.futures fails every clip in flight with BrokenProcessPool, whichever process ran
+    it.  Those clips are not failed: they become suspects and run again one at a time in a fresh
+    pool of one process, after :func:`_worker_ready` has shown that this process loaded its models.
+    A suspect that kills the process while running alone is the cause and is failed
+    (:data:`WORKER_DIED`); a fresh process takes the next suspect.  Once the suspects are done, the
+    remaining clips go on in a fresh pool of ``workers`` processes.  A process that dies while
+    loading the models (before it answers :func:`_worker_ready`) stops the run (exit status 1): no
+    clip could be extracted.
+    """
+    from collections import deque
     from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     init_args = (cfg.model_dump_json(), device, threads, logging.getLogger().getEffectiveLevel())
     ctx = multiprocessing.get_context("spawn")
-    pending = list(jobs)
-    pending.reverse()          # pop() from the end keeps the sorted order
-    while pending:
-        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+    pending = deque(jobs)
+    suspects: deque[tuple[int, dict[str, Any]]] = deque()
+
+    def finish(i: int, rec: dict[str, Any]) -> None:
+        if rec.pop("fatal", False):
+            raise UserError(rec["error"], exit_code=2)
+        manifest.put(i, rec)
+        bar.update(1)
+
+    while pending or suspects:
+        solo = bool(suspects)          # find which suspect kills its process: one at a time
+        queue, limit = (suspects, 1) if solo else (pending, workers)
+        pool = cf.ProcessPoolExecutor(max_workers=limit, mp_context=ctx, initializer=_init_worker,
                                       initargs=init_args)
         in_flight: dict[cf.Future, tuple[int, dict[str, Any]]] = {}
         broken = False
         try:
-            while pending or in_flight:
-                while pending and len(in_flight) < 2 * workers and not broken:
-                    i, job = pending.pop()
-                    in_flight[pool.submit(_worker_job, job)] = (i, job)
-                if not in_flight:
+            if solo:
+                try:
+                    error = pool.submit(_worker_ready).result()
+                except BrokenProcessPool:
+                    raise UserError("a worker process died while loading the extraction models (a crash in "
+                                    "native code, or out of memory); no clip can be extracted", exit_code=1) from None
+                if error:
+                    raise UserError(error, exit_code=2)
+            while (queue or in_flight) and not broken:
+                while queue and len(in_flight) < limit:
+                    i, job = queue.popleft()
+                    try:
+                        in_flight[pool.submit(job_fn, job)] = (i, job)
+                    except BrokenProcessPool:
+                        queue.appendleft((i, job))
+                        broken = True
+                        break
+                if broken:
                     break
                 done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
                 for fut in done:
-                    i, job = in_flight.pop(fut)
+                    i, job = in_flight[fut]
                     try:
                         rec = fut.result()
                     except BrokenProcessPool:
-                        broken = True
-                        rec = failed_record(job, f"{job['path']}: the worker process died while extracting it "
-                                                 "(crash or out of memory)")
+                        broken = True          # the clip stays in flight: it is handled below
+                        continue
                     except Exception as e:
                         rec = failed_record(job, f"{job['path']}: unexpected {type(e).__name__}: {e}")
-                    if rec.pop("fatal", False):
-                        raise UserError(rec["error"], exit_code=2)
-                    manifest.put(i, rec)
-                    bar.update(1)
-                if broken:
-                    break
+                    del in_flight[fut]
+                    finish(i, rec)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        if broken:
-            # the clips in flight with the crash are failed above; the rest go to a fresh pool
-            for fut, (i, job) in list(in_flight.items()):
-                pending.append((i, job))
-            log.warning("a worker process died; restarting the pool for %d remaining clips", len(pending))
+        if not broken:
+            continue
+        crashed = []
+        for fut, (i, job) in in_flight.items():      # after shutdown every future is done
+            if not fut.cancelled() and fut.exception() is None:
+                finish(i, fut.result())               # finished just before the crash
+            else:
+                crashed.append((i, job))
+        if solo:
+            for i, job in crashed:                    # it ran alone in a process that loaded its models
+                log.warning("%s: %s", job["path"], WORKER_DIED)
+                finish(i, failed_record(job, f"{job['path']}: {WORKER_DIED}"))
+        elif crashed:
+            suspects.extend(sorted(crashed, key=lambda c: c[0]))
+            log.warning("a worker process died with %d clips in flight (%s); extracting them again one at a "
+                        "time to find the cause", len(crashed), ", ".join(Path(j["path"]).name for _, j in crashed))
 
 
-def run_batch(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | None, workers: int | None) -> int:
-    """See the module docstring.  ``cfg`` is the whole PipelineConfig; returns the exit status."""
+def run_batch(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | None, workers: int | None,
+              *, job_fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> int:
+    """See the module docstring.  ``cfg`` is the whole PipelineConfig; returns the exit status.
+
+    ``job_fn`` replaces what each worker process runs per clip (default :func:`_worker_job`, see
+    :func:`_run_pool`); with one worker the clips are extracted in this process and it is not used.
+    """
     from extractors.errors import ExtractionError
     from pipeline.extract_stage import check_regular_file, clip_settings, probe_clip, resolve_device
     from pipeline.labels import read_labels, write_labels
@@ -424,7 +509,7 @@ def run_batch(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | None,
                     if n_workers <= 1:
                         _run_in_process(todo, ecfg, device, manifest, bar)
                     else:
-                        _run_pool(todo, ecfg, device, n_workers, manifest, bar)
+                        _run_pool(todo, ecfg, device, n_workers, manifest, bar, job_fn or _worker_job)
                 finally:
                     manifest.flush()
         manifest.flush()

@@ -141,13 +141,23 @@ def clip_settings(path: Path, cfg: "ExtractConfig", clip_id: str, label_text: st
     return settings
 
 
+@contextmanager
+def _naming_setting(setting: str) -> Iterator[None]:
+    """Add the setting to change to a ModelLoadError raised inside (one line, as before)."""
+    try:
+        yield
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{e} (setting {setting})") from None
+
+
 class ExtractorModels:
     """Every model of the extraction, loaded once and reused for many clips.
 
     Attributes: ``device`` ("cpu"/"cuda"), ``text`` (:class:`extractors.text.TextEncoder`),
     ``face`` (:class:`extractors.face.FaceExtractor`), ``audio_names`` (acoustic feature names).
     :meth:`recognizer` loads the speech recogniser on first use; a load failure is remembered and
-    raised again for every clip that needs it.
+    raised again for every clip that needs it (the batch stops at the first: see
+    :func:`pipeline.extract_batch.extract_job`).
     """
 
     def __init__(self, cfg: "ExtractConfig", device: str, text: Any, face: Any, audio_names: list[str]):
@@ -161,15 +171,18 @@ class ExtractorModels:
 
     @classmethod
     def load(cls, cfg: "ExtractConfig", device: str = "auto") -> "ExtractorModels":
-        """Load the text encoder and face extractor (ModelLoadError names the model and the cause)."""
+        """Load the text encoder and face extractor (ModelLoadError names the model, the cause and
+        the setting to change)."""
         from extractors.acoustic import acoustic_features
         from extractors.face import make_face_extractor
         from extractors.text import TextEncoder
 
         dev = resolve_device(device)
         t0 = time.perf_counter()
-        text = TextEncoder(cfg.text, device=dev)
-        face = make_face_extractor(cfg.face, device=dev)
+        with _naming_setting("extract.text.model"):
+            text = TextEncoder(cfg.text, device=dev)
+        with _naming_setting("extract.face.backend"):
+            face = make_face_extractor(cfg.face, device=dev)
         # the acoustic feature names, for clips without audio (empty audio computes nothing)
         _, _, audio_names = acoustic_features(np.zeros(0, np.float32), int(cfg.sample_rate), cfg.audio)
         log.info("extraction models ready on %s in %.1f s", dev, time.perf_counter() - t0)
@@ -183,7 +196,8 @@ class ExtractorModels:
             from extractors.asr import SpeechRecognizer
 
             try:
-                self._recognizer = SpeechRecognizer(self.cfg.asr, device=self.device)
+                with _naming_setting("extract.asr.model"):
+                    self._recognizer = SpeechRecognizer(self.cfg.asr, device=self.device)
             except ModelLoadError as e:
                 self._recognizer_error = e
                 raise
@@ -271,8 +285,8 @@ def probe_clip(path: Path, cfg: "ExtractConfig") -> "MediaInfo":
     check_regular_file(path)
     info = probe(path)
     if info.duration_s > cfg.max_duration_s:
-        raise ExtractionError(f"{path}: too long ({info.duration_s:.0f} s; extract.max_duration_s is "
-                              f"{cfg.max_duration_s:.0f} s): cut it into clips or raise the limit")
+        raise ExtractionError(f"{path}: too long ({info.duration_s:.1f} s; extract.max_duration_s is "
+                              f"{cfg.max_duration_s:g} s): cut it into clips or raise the limit")
     return info
 
 
@@ -325,7 +339,8 @@ def extract_clip(path: Path, cfg: "ExtractConfig", models: ExtractorModels, clip
     ``extract.asr.sources`` names "labels").  ``info`` is the clip's :func:`probe_clip` result
     when the caller has it already (the batch probes before loading any model).  Raises
     ExtractionError (one line naming the file and the cause) for inputs that cannot be used; see
-    the module docstring for flags.
+    the module docstring for flags.  Raises its subclass ModelLoadError when the speech recogniser,
+    loaded by the first clip that needs it, cannot be loaded (a setting, not this clip, is wrong).
     """
     from extractors.acoustic import acoustic_features
     from extractors.decode import load_audio
