@@ -1,8 +1,10 @@
 """Face features: MediaPipe geometry and landmark AU estimates on a real face photograph, py-feat mapping.
 
 The face is scikit-image's astronaut photograph (pipeline.synth.base_face).  Expressions are made
-here with our own local warps around the mouth landmarks MediaPipe finds (independent of the demo's
-expression synthesis), so the AU estimates are checked against a known movement of the lips/jaw.
+here with our own local warps around the landmarks MediaPipe finds (independent of the demo's
+expression synthesis), so the AU estimates are checked against a known movement of the lips, jaw,
+brows and upper eyelids.  Not covered: AU06 (cheek raise): warping the smooth cheek of a photograph
+does not move MediaPipe's cheek points.
 """
 from __future__ import annotations
 
@@ -98,6 +100,28 @@ def jaw_open_warp(image: np.ndarray, pts: np.ndarray, drop: float) -> np.ndarray
     fade = np.exp(-(below_chin ** 2) / (2.0 * (0.6 * mouth_w) ** 2))
     dy = (drop * mouth_w * ramp * sideways * fade).astype(np.float32)
     return cv2.remap(image, xs, ys - dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+# both brows of the MediaPipe mesh, upper and lower edge (subject's right brow, then left)
+BROW_POINTS = (70, 63, 105, 66, 107, 46, 53, 52, 65, 55, 300, 293, 334, 296, 336, 276, 283, 282, 295, 285)
+UPPER_LID_POINTS = (161, 160, 159, 158, 157, 388, 387, 386, 385, 384)
+
+
+def iod(pts: np.ndarray) -> float:
+    """Inter-ocular distance in pixels (between the eye centres, as the features use it)."""
+    return float(np.linalg.norm(pts[[33, 133], :2].mean(axis=0) - pts[[263, 362], :2].mean(axis=0)))
+
+
+def brow_warp(image: np.ndarray, pts: np.ndarray, up: float) -> np.ndarray:
+    """Move both brows up (``up`` > 0) or down by ``up`` inter-ocular distances, eyes left in place."""
+    d = iod(pts)
+    return warp(image, [(pts[i, :2], np.array([0.0, -up * d]), 0.12 * d) for i in BROW_POINTS])
+
+
+def lid_close_warp(image: np.ndarray, pts: np.ndarray, down: float) -> np.ndarray:
+    """Lower both upper eyelids by ``down`` inter-ocular distances (the eyes close partly)."""
+    d = iod(pts)
+    return warp(image, [(pts[i, :2], np.array([0.0, down * d]), 0.06 * d) for i in UPPER_LID_POINTS])
 
 
 # --- the feature vector -------------------------------------------------------------------------
@@ -221,6 +245,49 @@ def test_jaw_drop_raises_au26_and_au25(mp_face, face, face_points):
     assert opened["lips_gap"] > neutral["lips_gap"]
     assert opened["est_AU26_jaw_drop"] > neutral["est_AU26_jaw_drop"] + 0.5
     assert opened["est_AU25_lips_part"] > neutral["est_AU25_lips_part"]
+
+
+def test_brows_up_raise_au01_au02_and_brows_down_raise_au04(mp_face, face, face_points):
+    neutral = features(mp_face, face)
+    up = {k: features(mp_face, brow_warp(face, face_points, k)) for k in (0.05, 0.1)}
+    down = {k: features(mp_face, brow_warp(face, face_points, -k)) for k in (0.05, 0.1)}
+    assert all(f is not None for f in [*up.values(), *down.values()])
+    for name in ("brow_inner_height_r", "brow_inner_height_l", "brow_outer_height_r", "brow_outer_height_l"):
+        assert up[0.1][name] > up[0.05][name] > neutral[name] > down[0.05][name] > down[0.1][name], name
+    for au in ("est_AU01_inner_brow_raise", "est_AU02_outer_brow_raise"):
+        assert up[0.1][au] > up[0.05][au] > neutral[au], au
+        assert up[0.1][au] > neutral[au] + 1.0, au
+        assert down[0.1][au] < neutral[au], au
+    au4 = "est_AU04_brow_lower"
+    assert down[0.1][au4] > down[0.05][au4] > neutral[au4] > up[0.1][au4]
+    assert down[0.1][au4] > neutral[au4] + 1.0
+    # the mouth did not move: the lip-corner estimate stays near its neutral value
+    for f in [*up.values(), *down.values()]:
+        assert f["est_AU12_lip_corner_pull"] == pytest.approx(neutral["est_AU12_lip_corner_pull"], abs=0.5)
+
+
+def test_lowered_upper_lids_raise_au43(mp_face, face, face_points):
+    neutral = features(mp_face, face)
+    closing = [features(mp_face, lid_close_warp(face, face_points, k)) for k in (0.03, 0.06, 0.09)]
+    assert all(f is not None for f in closing)
+    for name in ("eye_open_r", "eye_open_l"):
+        assert neutral[name] > closing[0][name] > closing[1][name] > closing[2][name], name
+    au43 = [f["est_AU43_eye_closure"] for f in closing]
+    assert neutral["est_AU43_eye_closure"] < au43[0] < au43[1] < au43[2]
+    assert au43[2] > neutral["est_AU43_eye_closure"] + 1.0
+
+
+def test_lip_corners_apart_raise_au20(mp_face, face, face_points):
+    d = iod(face_points)
+    neutral = features(mp_face, face)
+    stretched = []
+    for k in (0.05, 0.1):                    # each lip corner moves outward by k inter-ocular distances
+        moved = warp(face, [(face_points[61, :2], np.array([-k * d, 0.0]), 0.12 * d),
+                            (face_points[291, :2], np.array([k * d, 0.0]), 0.12 * d)])
+        stretched.append(features(mp_face, moved))
+    assert neutral["mouth_width"] < stretched[0]["mouth_width"] < stretched[1]["mouth_width"]
+    au20 = [f["est_AU20_lip_stretch"] for f in stretched]
+    assert neutral["est_AU20_lip_stretch"] + 0.5 < au20[0] < au20[1]
 
 
 # --- the largest face ---------------------------------------------------------------------------
