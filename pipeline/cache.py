@@ -5,6 +5,7 @@ Layout of a cache folder (``extract --out``, default ``data/cache``)::
     manifest.jsonl          one JSON object per input clip of the last extract run
     labels.csv              the labels given with --labels, normalised (clip_id,label,text,split,video_id)
     entries/<key>.npz       one entry per clip; key = content hash of the clip + hash of the settings
+                            and of the versions that change features (extract_stage.clip_settings)
 
 An entry holds the *unaligned* features of every modality with their time stamps; the word-aligned
 view is computed from the same entry at load time (``extractors.alignment``), so one extraction

@@ -19,8 +19,10 @@ words whose times had to be guessed     ok        flag ``word_times_spread`` (re
 no video stream                         ok        flag ``no_video``: video (0, Dv)
 video without a face in any frame       ok        flag ``no_face``: rows zero, face_mask all False
 missing, empty, unreadable, not a       failed    nothing; the manifest's ``error`` gives the cause
-regular file, not media, corrupt,
-longer than extract.max_duration_s
+regular file, not media, a still
+image, corrupt, longer than
+extract.max_duration_s, killing its
+worker process (see extract_batch)
 ======================================  ========  =====================================================
 
 Frames without a face are kept as zero rows with ``face_mask`` False, never dropped (dropping
