@@ -417,10 +417,13 @@ def _run_pool(jobs: list[tuple[int, dict[str, Any]]], cfg: Any, device: str, wor
             continue
         crashed = []
         for fut, (i, job) in in_flight.items():      # after shutdown every future is done
-            if not fut.cancelled() and fut.exception() is None:
+            exc = None if fut.cancelled() else fut.exception()
+            if fut.cancelled() or isinstance(exc, BrokenProcessPool):
+                crashed.append((i, job))
+            elif exc is None:
                 finish(i, fut.result())               # finished just before the crash
             else:
-                crashed.append((i, job))
+                finish(i, failed_record(job, f"{job['path']}: unexpected {type(exc).__name__}: {exc}"))
         if solo:
             for i, job in crashed:                    # it ran alone in a process that loaded its models
                 log.warning("%s: %s", job["path"], WORKER_DIED)
