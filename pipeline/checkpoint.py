@@ -12,6 +12,8 @@ A checkpoint is a dict of plain data and tensors, loadable with ``torch.load(wei
     label_scheme    pipeline.dataset.label_scheme(task, n_classes)
     epoch           epochs completed (1-based) when the weights were taken
     val             {"metric": name, "value": float | None} of those weights
+    splits          {"train"|"valid"|"test": {"n": samples, "sha256": hash of their ids in order}}
+                    (absent in checkpoints written before it; a resume compares it with the data)
   and in last.pt only (resume): optimizer, scheduler, rng, progress (best value, bad epochs, history).
 
 Files are written through a temporary file and a rename, so a kill never leaves half a checkpoint.
@@ -48,10 +50,19 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def load_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; UserError (exit 2) naming the file otherwise."""
-    import pickle
+def _cause(e: BaseException, limit: int = 160) -> str:
+    """One short line describing an exception: its type and the first line of its message."""
+    text = str(e).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    if len(first) > limit:
+        first = first[:limit - 3].rstrip() + "..."
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
+
+def load_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; UserError (exit 2) naming the file and the cause
+    in one line when it is missing or cannot be read as a checkpoint (whatever torch's loader raises:
+    a truncated zip, a text file, a pickle of other objects, ...)."""
     import torch
 
     path = Path(path)
@@ -59,9 +70,8 @@ def load_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
         raise UserError(f"{path}: checkpoint not found", exit_code=2)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a readable dhmd-pipeline checkpoint ({first})", exit_code=2) from None
+    except Exception as e:  # noqa: BLE001 - any loader failure means "not a checkpoint we can read"
+        raise UserError(f"{path}: not a readable dhmd-pipeline checkpoint ({_cause(e)})", exit_code=2) from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
         have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UserError(f"{path}: not a dhmd-pipeline checkpoint (needs {', '.join(REQUIRED_KEYS)}; has {have})",

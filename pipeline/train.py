@@ -4,21 +4,27 @@ One run (:class:`Trainer`) writes into its folder (``--out``, default ``data/run
 
     config.json       the resolved settings (preset and --set applied; .extract = how the cache was made)
     metrics.jsonl     one line per epoch: lr, every train and valid loss term, every valid metric
-    best.pt, last.pt  checkpoints (pipeline.checkpoint); last.pt also holds optimizer, scheduler, RNG
-                      and progress, and is written after every epoch
+    best.pt, last.pt  checkpoints (pipeline.checkpoint): best.pt the weights of the best validation
+                      epoch, last.pt those of the latest epoch (also after the run has finished) plus
+                      optimizer, scheduler, RNG and progress; last.pt is written after every epoch
     results.json      test (and valid) metrics of best.pt, best epoch, sizes
     loss_curves.png   loss terms and the validation metric per epoch
     edges.png         mean HoGD / HeGD edge matrices of best.pt on the valid split
 
-Optimisation: Adam (lr, weight decay), gradient-norm clipping, gradient accumulation,
-ReduceLROnPlateau and early stopping on ``train.val_metric``, at most ``train.epochs`` epochs.  CUDA
-with bf16 autocast when present, fp32 on CPU.
+Optimisation: Adam (lr, weight decay), gradient-norm clipping, gradient accumulation (the gradient
+of one update is the mean over its ``train.grad_accum`` batches; the epoch's last update averages
+the batches it actually has), ReduceLROnPlateau and early stopping on ``train.val_metric`` (stop
+after ``train.early_stop_patience`` epochs without improvement), at most ``train.epochs`` epochs.
+CUDA with bf16 autocast when present, fp32 on CPU.
 
 Reproducibility: the model is initialised from ``train.seed``; epoch ``e`` shuffles with its own
 generator seeded from (seed, e), and last.pt stores the torch / numpy / python RNG states, so
 ``--resume DIR`` after a kill continues exactly as the uninterrupted run would have (bit-identical on
-CPU).  ``--seeds 1,2,3`` trains one run per seed in ``DIR/seed-<n>/`` on one fixed split and writes
-``summary.json`` with the mean and standard deviation (ddof 1) of every test metric.
+CPU).  A resume uses the run's own config.json (``--set`` values that differ from it are reported
+and ignored) and refuses (exit 2) data whose feature spec or splits (sample ids per split, stored
+as a fingerprint in every checkpoint) differ from what the run was trained on.  ``--seeds 1,2,3``
+trains one run per seed in ``DIR/seed-<n>/`` on one fixed split and writes ``summary.json`` with the
+mean and standard deviation (ddof 1) of every test metric.
 """
 from __future__ import annotations
 
@@ -158,6 +164,56 @@ def extract_config_from_settings(extract: "ExtractConfig", settings: dict[str, A
         return extract
 
 
+def split_fingerprint(bundle: "DataBundle") -> dict[str, dict[str, Any]]:
+    """Per split: the number of samples and a sha256 of their ids in order (what a resumed run must
+    find again to continue the same training)."""
+    import hashlib
+
+    from pipeline.dataset import SPLITS
+
+    out = {}
+    for name in SPLITS:
+        ids = [str(s.get("id", "")) for s in bundle.splits.get(name, [])]
+        out[name] = {"n": len(ids), "sha256": hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()}
+    return out
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for k, v in node.items():
+        flat.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return flat
+
+
+def ignored_settings(given: dict[str, Any], run: dict[str, Any], keys: list[str] | None = None) -> list[str]:
+    """``key = given (the run has run)`` for each setting that differs between the settings given to a
+    ``--resume`` call and the run's config.json, which is what the run continues with.
+
+    ``keys``: only these dotted keys (the ``--set`` ones); None compares every setting except those
+    the run resolves from its data (``extract.*``, ``align.mode``).  ``train.out`` / ``train.data`` are
+    never listed (``--resume DIR`` names the run; its data is the run's)."""
+    flat_given, flat_run = _flatten(given), _flatten(run)
+    if keys is None:
+        names = [k for k in sorted(set(flat_given) | set(flat_run))
+                 if not k.startswith("extract.") and k != "align.mode"]
+    else:
+        names = list(dict.fromkeys(k for k in keys if k in flat_given or k in flat_run))
+    return [f"{k} = {flat_given.get(k)!r} (the run has {flat_run.get(k)!r})" for k in names
+            if k not in ("train.out", "train.data") and flat_given.get(k) != flat_run.get(k)]
+
+
+def _cli_overrides() -> list[str] | None:
+    """The dotted keys of the running CLI command's ``--set`` options; None outside the CLI."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or "overrides" not in ctx.params:
+        return None
+    return [a.split("=", 1)[0].strip() for a in ctx.params["overrides"] or ()]
+
+
 def resolve_for_data(cfg: "PipelineConfig", bundle: "DataBundle") -> "PipelineConfig":
     """The run's settings made true to the data: its alignment and, for a cache, its extraction."""
     update: dict[str, Any] = {"align": cfg.align.model_copy(update={"mode": bundle.align_mode})}
@@ -218,7 +274,9 @@ class Trainer:
         self.progress: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0,
                                          "stopped": False, "finished": False, "preset": self.preset,
                                          "history": []}
+        self.splits = split_fingerprint(self.bundle)
         if resume:
+            self._check_resume(resume)
             self.model.load_state_dict(resume["model_state"])
             self.optimizer.load_state_dict(resume["optimizer"])
             self.scheduler.load_state_dict(resume["scheduler"])
@@ -226,11 +284,30 @@ class Trainer:
             set_rng_state(resume["rng"])
             self.preset = self.progress.get("preset", self.preset)
 
+    def _check_resume(self, resume: dict[str, Any]) -> None:
+        """Refuse (exit 2) to continue a last.pt on data with another feature spec or other splits."""
+        from pipeline.checkpoint import check_spec
+
+        last = self.out / "last.pt"
+        check_spec(dict(resume["spec"]), dict(self.bundle.spec), last, self.bundle.path)
+        saved = resume.get("splits")
+        if saved is None:       # a last.pt from before split fingerprints: nothing to compare
+            log.warning("%s records no split fingerprint: cannot check that %s gives the same splits",
+                        last, self.bundle.path)
+            return
+        changed = [k for k in self.splits if saved.get(k) != self.splits[k]]
+        if changed:
+            what = "; ".join(f"{k}: {saved.get(k, {}).get('n')} samples then, {self.splits[k]['n']} now"
+                             + ("" if saved.get(k, {}).get("n") != self.splits[k]["n"] else " (other ids)")
+                             for k in changed)
+            raise UserError(f"{last} was trained on other splits than {self.bundle.path} gives now ({what}); "
+                            f"resuming would mix data sets: start a new run with --out", exit_code=2)
+
     def _payload(self, epoch: int, value: float | None) -> dict[str, Any]:
         return {"model_state": self.model.state_dict(), "model_config": self.model_config.to_dict(),
                 "pipeline_config": self.cfg.model_dump(mode="json"), "spec": dict(self.bundle.spec),
                 "norm": self.normalizer.state(), "label_scheme": self.label_scheme, "epoch": int(epoch),
-                "val": {"metric": self.cfg.train.val_metric, "value": value}}
+                "val": {"metric": self.cfg.train.val_metric, "value": value}, "splits": self.splits}
 
     def _save_last(self) -> None:
         payload = self._payload(self.progress["epoch"], self.progress["best"])
@@ -269,7 +346,9 @@ class Trainer:
             if not torch.isfinite(loss):
                 raise UserError(f"training diverged in epoch {epoch + 1} (loss {float(loss)}); lower train.lr "
                                 f"or raise train.grad_clip", exit_code=1)
-            (loss.float() / t.grad_accum).backward()
+            # the mean over the batches of this update; the epoch's last group may hold fewer of them
+            group = min(t.grad_accum, steps - (i // t.grad_accum) * t.grad_accum)
+            (loss.float() / group).backward()
             if (i + 1) % t.grad_accum == 0 or i + 1 == steps:
                 if t.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -331,6 +410,8 @@ class Trainer:
 
         t, p = self.cfg.train, self.progress
         best_path = self.out / "best.pt"
+        # best.pt is evaluated in the model; the final epoch's weights come back before last.pt is saved
+        final_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if best_path.is_file():
             self.model.load_state_dict(load_checkpoint(best_path)["model_state"])
         else:   # no epoch ever gave a finite validation value: keep the last weights as best
@@ -357,6 +438,7 @@ class Trainer:
                              for k, v in valid_res.edges.items()}}
         _write_json(self.out / "results.json", results)
         p["finished"] = True
+        self.model.load_state_dict(final_state)
         self._save_last()
         return results
 
@@ -450,16 +532,22 @@ def _train_seeds(cfg: "PipelineConfig", bundle: "DataBundle", out: Path, seeds: 
     return 0
 
 
-def _resume(run_dir: Path) -> int:
+def _resume(run_dir: Path, given: "PipelineConfig | None" = None) -> int:
     from pipeline.config import PipelineConfig
 
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise UserError(f"--resume {run_dir}: no config.json there (not a training run folder)", exit_code=2)
     try:
-        cfg = PipelineConfig.model_validate(json.loads(cfg_path.read_text()))
+        raw = json.loads(cfg_path.read_text())
+        cfg = PipelineConfig.model_validate(raw)
     except ValueError as e:
         raise UserError(f"{cfg_path}: unreadable run settings ({str(e).splitlines()[0]})", exit_code=2) from None
+    if given is not None:
+        ignored = ignored_settings(given.model_dump(mode="json"), raw, _cli_overrides())
+        if ignored:
+            log.warning("--resume continues %s with its own settings (%s); these settings given now differ "
+                        "and are ignored: %s", run_dir, cfg_path.name, "; ".join(ignored))
     seeds_path = run_dir / "seeds.json"
     preset = None
     if seeds_path.is_file():
@@ -483,13 +571,14 @@ def run_train(cfg: "PipelineConfig", data: Path | None = None, out: Path | None 
               preset: str | None = None, resume: Path | None = None, seeds: str | None = None) -> int:
     """The ``train`` command.  ``cfg`` already holds the preset (the CLI folds ``--preset`` in between
     the settings file and ``--set``; use :func:`pipeline.presets.apply_preset` when calling this
-    directly); ``preset`` is only recorded.  ``resume`` continues a run folder with its own settings."""
+    directly); ``preset`` is only recorded.  ``resume`` continues a run folder with its own settings
+    (those of ``cfg`` that differ are logged as ignored: the ``--set`` keys under the CLI, else all)."""
     from pipeline.config import with_overrides
 
     if resume is not None:
         if data is not None or out is not None or seeds is not None:
             log.warning("--resume uses the run's own settings; --data/--out/--seeds are ignored")
-        return _resume(Path(resume))
+        return _resume(Path(resume), cfg)
     seed_list = parse_seeds(seeds)
     out_dir = Path(out) if out else (Path(cfg.train.out) if cfg.train.out else default_run_dir())
     overrides: dict[str, Any] = {"train.out": str(out_dir)}

@@ -250,3 +250,253 @@ def test_cuda_training_with_bf16_autocast(tmp_path: Path) -> None:
     from pipeline.checkpoint import load_for_inference
 
     assert next(load_for_inference(tmp_path / "run" / "best.pt", "cuda").model.parameters()).is_cuda
+
+
+# ------------------------------------------------------------------------------------------ best / last / early stop
+
+@pytest.fixture(scope="module")
+def plateau_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A run in which only epoch 1 counts as an improvement (is_better patched), patience 2 of 10
+    epochs; the model weights of every epoch's last.pt are recorded as they are written."""
+    import copy
+
+    import pipeline.metrics as metrics_mod
+    import pipeline.train as train_mod
+    from pipeline.config import load_config
+    from pipeline.train import run_train
+
+    root = tmp_path_factory.mktemp("plateau")
+    data = make_pickle(root / "d.pkl", n_train=32, seed=8)
+    cfg = load_config(None, TINY + ["train.epochs=10", "train.early_stop_patience=2"])
+    states: dict = {}
+    real_save, real_better = train_mod.save_checkpoint, metrics_mod.is_better
+
+    def recording_save(path, payload):
+        if Path(path).name == "last.pt" and not payload["progress"]["finished"]:
+            states[payload["epoch"]] = copy.deepcopy(payload["model_state"])
+        real_save(path, payload)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(train_mod, "save_checkpoint", recording_save)
+    mp.setattr(metrics_mod, "is_better", lambda metric, new, best: best is None)
+    try:
+        assert run_train(cfg, data=data, out=root / "run") == 0
+    finally:
+        mp.undo()
+    assert train_mod.save_checkpoint is real_save and metrics_mod.is_better is real_better
+    return root / "run", states
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(plateau_run) -> None:
+    run, states = plateau_run
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in lines] == [1, 2, 3]            # epochs 2 and 3 did not improve: stop
+    assert [h["best"] for h in lines] == [True, False, False]
+    results = json.loads((run / "results.json").read_text())
+    assert results["stopped_early"] and results["epochs_run"] == 3 and results["best_epoch"] == 1
+    assert sorted(states) == [1, 2, 3]
+
+
+def test_last_pt_keeps_the_final_epoch_weights_not_best(plateau_run) -> None:
+    run, states = plateau_run
+    best = torch.load(run / "best.pt", weights_only=True)
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert best["epoch"] == 1 and last["epoch"] == 3 and last["progress"]["finished"]
+    final = states[3]
+    assert all(torch.equal(last["model_state"][k], final[k]) for k in final)        # epoch 3's weights
+    assert all(torch.equal(best["model_state"][k], states[1][k]) for k in final)    # best.pt: epoch 1's
+    assert any(not torch.equal(last["model_state"][k], best["model_state"][k]) for k in final)
+    # the results are those of best.pt
+    res = _invoke(["evaluate", "--checkpoint", str(run / "best.pt"), "--json"])
+    assert res.exit_code == 0
+    results = json.loads((run / "results.json").read_text())
+    assert json.loads(res.stdout)["MAE"] == pytest.approx(results["test"]["MAE"], abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ normalisation
+
+def test_normalisation_statistics_come_from_the_train_split_only(tmp_path: Path) -> None:
+    data = make_pickle(tmp_path / "d.pkl", n_train=24, seed=9)
+    raw = pickle.load(open(data, "rb"))
+    for name in ("valid", "test"):                  # other distributions outside train
+        raw[name]["audio"] = raw[name]["audio"] * 3.0 + 100.0
+        raw[name]["vision"] = raw[name]["vision"] - 50.0
+    pickle.dump(raw, open(data, "wb"))
+    res = _train(data, tmp_path / "run", overrides=["train.epochs=1"])
+    assert res.exit_code == 0, res.output
+    norm = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["norm"]
+    tr = raw["train"]
+    audio = np.nan_to_num(tr["audio"].astype(np.float64), neginf=0.0)           # -inf read as 0
+    a = np.concatenate([audio[i, :tr["audio_lengths"][i]] for i in range(24)])
+    v = np.concatenate([tr["vision"][i, :tr["vision_lengths"][i]].astype(np.float64) for i in range(24)])
+    np.testing.assert_allclose(norm["audio"]["mean"], a.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(norm["audio"]["std"], a.std(0), rtol=1e-6)
+    np.testing.assert_allclose(norm["video"]["mean"], v.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(norm["video"]["std"], v.std(0), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ accumulation
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of 4 accumulated in pairs give the optimizer the same gradients as batches of 8: 12
+    samples, so each epoch ends with a group of one batch (4 samples) that must be averaged over 1
+    batch, not 2.  Dropout is off and the losses that couple the samples of a batch (decoupling,
+    triplets) are off.  The gradients handed to each Adam step are compared (the weights themselves
+    are not: Adam turns the float noise in the exactly-zero gradient of attention key biases into
+    lr-sized steps)."""
+    from pipeline.config import load_config
+    from pipeline.train import run_train
+
+    data = make_pickle(tmp_path / "d.pkl", n_train=12, seed=10)
+    common = TINY + ["train.epochs=2", "train.grad_clip=0", "train.early_stop_patience=0",
+                     "model.lambda_dec=0", "model.lambda_dic=0", "model.attn_dropout=0", "model.relu_dropout=0",
+                     "model.res_dropout=0", "model.embed_dropout=0", "model.out_dropout=0"]
+    steps: list[list[torch.Tensor]] = []
+    real_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        steps.append([p.grad.detach().clone() for g in self.param_groups for p in g["params"]])
+        return real_step(self, *args, **kwargs)
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    grads = {}
+    for name, batch, accum in (("big", 8, 1), ("small", 4, 2)):
+        steps.clear()
+        cfg = load_config(None, common + [f"train.batch_size={batch}", f"train.grad_accum={accum}"])
+        assert run_train(cfg, data=data, out=tmp_path / name) == 0
+        grads[name] = list(steps)
+    assert len(grads["big"]) == len(grads["small"]) == 4                  # 2 updates per epoch
+    for step, (big, small) in enumerate(zip(grads["big"], grads["small"])):
+        scale = max(float(g.abs().max()) for g in big)
+        assert scale > 1e-3
+        for g_big, g_small in zip(big, small):
+            torch.testing.assert_close(g_small, g_big, rtol=1e-3, atol=1e-5 * scale)
+
+
+# ------------------------------------------------------------------------------------------ resume checks
+
+def test_resume_refuses_other_data_and_reports_ignored_settings(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import pipeline.train as train_mod
+    from pipeline.config import load_config
+    from pipeline.train import run_train
+
+    data = make_pickle(tmp_path / "d.pkl", n_train=24, seed=12)
+    shutil.copy(data, tmp_path / "orig.pkl")
+    cfg = load_config(None, TINY + ["train.epochs=3"])
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        if Path(path).name == "last.pt" and payload["progress"]["epoch"] == 1:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(cfg, data=data, out=tmp_path / "run")
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert last["splits"]["train"]["n"] == 24 and len(last["splits"]["test"]["sha256"]) == 64
+
+    # the data file now holds features of another size: refused, naming both specs
+    make_pickle(data, n_train=24, seed=12, dims=(12, 7, 6))
+    res = _invoke(["train", "--resume", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "audio_dim: 5 != 7" in res.stderr
+    assert '"audio_dim": 5' in res.stderr and '"audio_dim": 7' in res.stderr and "Traceback" not in res.output
+    # same features, other samples: the splits differ
+    make_pickle(data, n_train=28, seed=13)
+    res = _invoke(["train", "--resume", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "other splits" in res.stderr and "train: 24 samples then, 28 now" in res.stderr
+    # same counts, other ids
+    raw = pickle.load(open(tmp_path / "orig.pkl", "rb"))
+    raw["valid"]["id"] = raw["valid"]["id"][::-1].copy()
+    pickle.dump(raw, open(data, "wb"))
+    res = _invoke(["train", "--resume", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "valid: 6 samples then, 6 now (other ids)" in res.stderr
+    # the original data: the run continues; a --set that differs from the run's settings is reported
+    shutil.copy(tmp_path / "orig.pkl", data)
+    res = _invoke(["train", "--resume", str(tmp_path / "run"), "--set", "train.epochs=7",
+                   "--set", "train.batch_size=16"])
+    assert res.exit_code == 0, res.output
+    assert "ignored" in res.stderr and "train.epochs = 7 (the run has 3)" in res.stderr
+    assert "train.batch_size" not in res.stderr                   # the same value as the run's: not listed
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs_run"] == 3
+
+
+def test_ignored_settings_without_cli_keys_compares_everything_but_data_derived() -> None:
+    from pipeline.train import ignored_settings
+
+    run = {"train": {"epochs": 3, "out": "a", "data": "x.pkl"}, "extract": {"fps": 10.0},
+           "align": {"mode": "aligned"}, "model": {"hidden_dim": 16}}
+    given = {"train": {"epochs": 3, "out": "b", "data": "y.pkl"}, "extract": {"fps": 15.0},
+             "align": {"mode": "unaligned"}, "model": {"hidden_dim": 32}}
+    assert ignored_settings(given, run) == ["model.hidden_dim = 32 (the run has 16)"]
+    assert ignored_settings(given, run, ["align.mode", "train.data"]) == [
+        "align.mode = 'unaligned' (the run has 'aligned')"]
+
+
+# ------------------------------------------------------------------------------------------ presets
+
+# Table 1 of the paper, columns [1]-[4]; the kernel row lists C_L, C_V, C_A (language, visual, acoustic)
+TABLE_1 = {"mosi": {"kernels_LVA": (5, 5, 5), "hidden": 50, "heads": 10, "layers": 4, "K": 512},
+           "mosei": {"kernels_LVA": (5, 3, 3), "hidden": 30, "heads": 6, "layers": 4, "K": 512},
+           "urfunny": {"kernels_LVA": (5, 5, 5), "hidden": 50, "heads": 10, "layers": 4, "K": 512},
+           "mustard": {"kernels_LVA": (5, 3, 5), "hidden": 32, "heads": 8, "layers": 2, "K": 512}}
+
+
+def _paper_table_1() -> dict | None:
+    """Table 1 read from the paper's text in the shared reference folder, when it is there."""
+    here = Path(__file__).resolve().parents[1]
+    for cand in (here.parent / "shared" / "reference" / "dhmd-paper.md", here / "shared" / "reference" / "dhmd-paper.md"):
+        if cand.is_file():
+            text = cand.read_text(encoding="utf-8")
+            break
+    else:
+        return None
+    table = text[text.index("Hyperparameter settings in DHMD."):]
+
+    def row(prefix: str) -> list[str]:
+        line = next(ln for ln in table.splitlines() if ln.startswith(prefix))
+        return line.split("\t")[1:5]
+    kernels = [tuple(int(k) for k in c.split(",")) for c in row("Kernel size for $\\mathcal{C}_L")]
+    cols = zip(kernels, row("Hidden dimension"), row("Number of attention heads"), row("Layers of transformer"),
+               row("Number of dictionary elements"))
+    return {name: {"kernels_LVA": k, "hidden": int(h), "heads": int(n), "layers": int(ly), "K": int(d)}
+            for name, (k, h, n, ly, d) in zip(("mosi", "mosei", "urfunny", "mustard"), cols)}
+
+
+def test_presets_match_table_1_of_the_paper() -> None:
+    from pipeline.config import PipelineConfig
+    from pipeline.presets import PRESETS, apply_preset
+
+    paper = _paper_table_1()
+    if paper is not None:
+        assert paper == TABLE_1                 # our transcription of the table is the paper's
+    assert set(PRESETS) == set(TABLE_1)
+    for name, col in TABLE_1.items():
+        m = apply_preset(PipelineConfig(), name).model
+        assert (m.kernel_text, m.kernel_video, m.kernel_audio) == col["kernels_LVA"], name
+        assert (m.hidden_dim, m.num_heads, m.num_layers, m.dictionary_size) == (
+            col["hidden"], col["heads"], col["layers"], col["K"]), name
+        t = apply_preset(PipelineConfig(), name).train
+        assert (t.batch_size, t.epochs) == (16, 30)
+        assert (m.lambda_dec, m.lambda_dtl, m.lambda_dic, m.gamma, m.alpha) == (0.1, 0.05, 0.1, 0.1, 0.1)
+    assert apply_preset(PipelineConfig(), "mustard").model.task == "binary"
+    assert apply_preset(PipelineConfig(), "mosei").model.task == "regression"
+
+
+# ------------------------------------------------------------------------------------------ bad checkpoints
+
+@pytest.mark.parametrize("content", [b"hello world", b"PK\x03\x04 not really a zip"])
+def test_evaluate_with_a_file_that_is_no_checkpoint_exits_2_in_one_line(tmp_path: Path, content: bytes) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "evaluate", "--checkpoint", str(bad)],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"error: {bad}: not a readable dhmd-pipeline checkpoint (") and proc.stdout == ""
