@@ -12,8 +12,10 @@ Non0_acc_2     samples whose true label is exactly 0 dropped, then (x > 0); Non0
 =============  ==========================================================================
 
 Classification (humor, sarcasm, any ``n_classes``): ``Acc``, and ``Precision``, ``Recall`` and ``F1``
-all averaged with sklearn's ``average="weighted"`` (as the reference notes ask for F1; precision and
-recall use the same averaging so the three agree on what a class weight is).
+all averaged with sklearn's ``average="weighted"`` (each class's score weighted by its support), also
+for binary tasks: not the positive class's score alone (``average="binary"``).  The reference notes ask
+for weighted F1, and MUStARD's sarcasm results are reported as weighted precision / recall / F1, so
+precision and recall use the same averaging.  A weighted recall equals the accuracy.
 
 Values are full-precision Python floats; MMSA rounds to 4 decimals only for display.
 """
@@ -77,7 +79,8 @@ def regression_metrics(pred: Sequence[float] | np.ndarray, true: Sequence[float]
 
 
 def classification_metrics(pred: Sequence[int] | np.ndarray, true: Sequence[int] | np.ndarray) -> dict[str, float]:
-    """Accuracy and weighted precision, recall and F1 of predicted class indices."""
+    """Accuracy and support-weighted (sklearn ``average="weighted"``) precision, recall and F1 of
+    predicted class indices, binary tasks included (see the module docstring)."""
     from sklearn.metrics import precision_recall_fscore_support
 
     p = np.asarray(pred).reshape(-1).astype(np.int64)

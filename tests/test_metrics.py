@@ -74,6 +74,10 @@ def test_classification_metrics_hand_computed() -> None:
     assert m["Precision"] == pytest.approx(4 / 6 * 3 / 5)
     assert m["Recall"] == pytest.approx(4 / 6 * 3 / 4)
     assert m["F1"] == pytest.approx(4 / 6 * 2 / 3)
+    # weighted, not the positive class alone (binary averaging would give P 3/5, R 3/4, F1 2/3);
+    # a support-weighted recall is the accuracy
+    assert m["Precision"] != pytest.approx(3 / 5) and m["Recall"] != pytest.approx(3 / 4)
+    assert m["Recall"] == pytest.approx(m["Acc"])
     # from logits: argmax
     logits = np.array([[0.1, 2.0], [0.0, 1.0], [0.3, 0.4], [2.0, -1.0], [-1.0, 0.0], [0.0, 0.5]])
     assert task_metrics("binary", logits, np.array(true)) == m
