@@ -4,7 +4,8 @@
 
 * top: the two 3x3 distillation graphs of the model (``edges_homo`` and ``edges_hetero``) as
   annotated heat maps, rows = teacher (source) modality i, columns = student (target) modality j,
-  so cell (i, j) is the weight of the edge i -> j (each column sums to 1, the diagonal is 0);
+  so cell (i, j) is the weight of the edge i -> j (the six edges sum to 1, the diagonal is 0;
+  colours run up to the strongest edge);
   next to them the prediction, the unimodal heads and the transcript;
 * below, on one shared time axis: the words at their times, then the voicing probability with the
   fundamental frequency (F0) of the voiced frames, then the main facial action-unit traces (AU12
@@ -57,21 +58,27 @@ def _column(names: list[str], wanted: str) -> int | None:
 
 
 def _heatmap(ax, matrix: Any, title: str) -> None:
-    """One annotated 3x3 edge matrix (rows = teacher i, columns = student j)."""
+    """One annotated 3x3 edge matrix (rows = teacher i, columns = student j).
+
+    The six edges share one unit budget, so each is small; the colours run from 0 (white) to the
+    strongest edge of this matrix (darkest blue), and every cell is labelled with its weight.
+    """
     if matrix is None:
         ax.set_axis_off()
         ax.text(0.5, 0.5, f"{title}\n(not in this model)", ha="center", va="center", fontsize=10)
         return
     m = np.asarray(matrix, dtype=float)
-    ax.imshow(m, cmap="Blues", vmin=0.0, vmax=1.0)
+    off = m[~np.eye(m.shape[0], dtype=bool)]
+    top = float(np.nanmax(off)) if off.size and np.isfinite(off).any() and np.nanmax(off) > 0 else 1.0
+    ax.imshow(m, cmap="Blues", vmin=0.0, vmax=top)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             text = "-" if i == j else f"{m[i, j]:.2f}"
             ax.text(j, i, text, ha="center", va="center", fontsize=11,
-                    color="white" if m[i, j] > 0.6 else "black")
+                    color="white" if m[i, j] > 0.6 * top else "black")
     ax.set_xticks(range(3), MODALITY_LABELS)
     ax.set_yticks(range(3), MODALITY_LABELS)
-    ax.set_xlabel("student (target j); each column sums to 1", fontsize=9)
+    ax.set_xlabel("student (target j); the six edges sum to 1", fontsize=9)
     ax.set_ylabel("teacher (source i)")
     ax.set_title(f"{title}: edge i -> j", fontsize=11)
 
@@ -203,8 +210,12 @@ def _face_track(ax, clip: ClipFeatures) -> None:
     _legend_above(ax, handles)
 
 
-def render_explanation(result: dict[str, Any], clip: ClipFeatures, dpi: int = 100) -> bytes:
-    """The explanation figure of one predicted clip as PNG bytes (see the module docstring)."""
+def build_explanation_figure(result: dict[str, Any], clip: ClipFeatures, dpi: int = 100):
+    """The explanation of one predicted clip as a matplotlib Figure (Agg canvas; see the module
+    docstring).  ``fig.axes[:6]`` are, in order: the homogeneous and heterogeneous edge heat maps,
+    the summary text, the word track, the voice track and the face track; the voice track's voicing
+    axis (a twin, when the features have voicing) comes after them.  The caller closes the figure
+    (``matplotlib.pyplot.close(fig)``)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -220,29 +231,44 @@ def render_explanation(result: dict[str, Any], clip: ClipFeatures, dpi: int = 10
     fig = plt.figure(figsize=(13, 10), dpi=dpi)
     grid = GridSpec(4, 3, figure=fig, height_ratios=[3.2, 1.1, 1.6, 1.8], hspace=0.32, wspace=0.35,
                     left=0.09, right=0.93, top=0.94, bottom=0.06)
-    _heatmap(fig.add_subplot(grid[0, 0]), result.get("edges_homo"), "homogeneous")
-    _heatmap(fig.add_subplot(grid[0, 1]), result.get("edges_hetero"), "heterogeneous")
-    info = fig.add_subplot(grid[0, 2])
-    info.set_axis_off()
-    text = "\n".join(_summary_lines(result))
-    text += "\n\n" + _wrap(f"\"{result.get('transcript') or clip.transcript}\"")
-    info.text(0.0, 1.0, text, va="top", ha="left", fontsize=10, transform=info.transAxes)
+    try:
+        _heatmap(fig.add_subplot(grid[0, 0]), result.get("edges_homo"), "homogeneous")
+        _heatmap(fig.add_subplot(grid[0, 1]), result.get("edges_hetero"), "heterogeneous")
+        info = fig.add_subplot(grid[0, 2])
+        info.set_axis_off()
+        text = "\n".join(_summary_lines(result))
+        text += "\n\n" + _wrap(f"\"{result.get('transcript') or clip.transcript}\"")
+        info.text(0.0, 1.0, text, va="top", ha="left", fontsize=10, transform=info.transAxes)
 
-    words = fig.add_subplot(grid[1, :])
-    voice = fig.add_subplot(grid[2, :], sharex=words)
-    face = fig.add_subplot(grid[3, :], sharex=words)
-    words.set_xlim(0, duration)
-    _word_track(words, clip, duration)
-    _voice_track(voice, clip)
-    _face_track(face, clip)
-    for ax in (words, voice):
-        ax.tick_params(labelbottom=False)
-    face.set_xlabel("time (s)")
-    fig.suptitle("DHMD prediction explained: distillation graphs (top) and the clip's timeline (below)",
-                 fontsize=12)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
+        words = fig.add_subplot(grid[1, :])
+        voice = fig.add_subplot(grid[2, :], sharex=words)
+        face = fig.add_subplot(grid[3, :], sharex=words)
+        words.set_xlim(0, duration)
+        _word_track(words, clip, duration)
+        _voice_track(voice, clip)
+        _face_track(face, clip)
+        for ax in (words, voice):
+            ax.tick_params(labelbottom=False)
+        face.set_xlabel("time (s)")
+        fig.suptitle("DHMD prediction explained: distillation graphs (top) and the clip's timeline (below)",
+                     fontsize=12)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return fig
+
+
+def render_explanation(result: dict[str, Any], clip: ClipFeatures, dpi: int = 100) -> bytes:
+    """The explanation figure of one predicted clip (:func:`build_explanation_figure`) as PNG bytes,
+    1300 x 1000 pixels at the default ``dpi``."""
+    import matplotlib.pyplot as plt
+
+    fig = build_explanation_figure(result, clip, dpi=dpi)
+    try:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
     return buf.getvalue()
 
 

@@ -28,7 +28,8 @@ Result of one clip (``--json`` prints a JSON array of these; :func:`format_table
     edges_homo, edges_hetero
                   3x3 nested lists, order text, audio, video; edges[i][j] is the weight of the
                   distillation edge i -> j: row i = teacher (source), column j = student (target);
-                  every column sums to 1 and the diagonal is 0 (null when the model has no GD-Unit)
+                  the diagonal is 0 and the six edges together sum to 1 (one softmax over the
+                  edges of the clip; null when the model has no GD-Unit)
     top_atoms     {"homo"|"hetero": {"text"|"audio"|"video": [[atom index, weight], ...]}}: the
                   predict.top_atoms dictionary elements with the largest matching weight
     face_frames   sampled video frames in which a face was found
@@ -37,8 +38,12 @@ Result of one clip (``--json`` prints a JSON array of these; :func:`format_table
     flags         extraction flags (no_face, no_speech, word_times_spread): why a prediction may
                   rest on less than the three modalities
 
-A clip that cannot be extracted (corrupt, missing, no audio or no video stream) becomes a failed
-entry and the others are still predicted; :func:`run_predict` then returns exit status 3.
+A clip that fails becomes a failed entry ({"clip", "status": "failed", "error", "time_s"}; the
+error names the clip, the stage and the cause) and the others are still predicted;
+:func:`run_predict` then returns exit status 3.  That covers a clip that cannot be extracted
+(corrupt, missing, no audio or no video stream) and any other error (MemoryError included) while
+extracting, predicting or writing its explanation PNG.  Problems of the whole run stay fatal: a
+checkpoint that cannot be used or an extraction model that cannot load (UserError).
 """
 from __future__ import annotations
 
@@ -67,6 +72,12 @@ SPACES = ("homo", "hetero")
 LABELS_7 = SENTIMENT_CLASSES          # highly negative .. highly positive (scores -3 .. 3)
 RUNS_DIR = Path("data/runs")
 UNPREDICTABLE_FLAGS = {"no_audio": "no audio stream (or it decodes to nothing)", "no_video": "no video stream"}
+# what a flag of a predicted clip means for the prediction (the table prints it under the clip)
+FLAG_NOTES = {
+    "no_face": "no face found in any frame: the video modality saw nothing",
+    "no_speech": "no words: the text modality saw nothing",
+    "word_times_spread": "word times were estimated (spread over the voiced audio), not measured",
+}
 
 
 # ----------------------------------------------------------------------------------- labels
@@ -84,15 +95,18 @@ def label_2(score: float) -> str:
 # ----------------------------------------------------------------------------------- checkpoint
 
 def default_checkpoint(runs_dir: Path = RUNS_DIR) -> Path:
-    """The newest ``best.pt`` under ``runs_dir/*/`` (by modification time).
+    """The newest ``best.pt`` under ``runs_dir/*/`` or one level deeper, ``runs_dir/*/*/`` (the
+    ``seed-<n>`` runs of ``train --seeds``), by modification time.
 
     Raises UserError (exit 2) when there is none: the user has to train a model first.
     """
-    found = sorted(Path(runs_dir).glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
+    runs_dir = Path(runs_dir)
+    found = [p for pattern in ("*/best.pt", "*/*/best.pt") for p in runs_dir.glob(pattern) if p.is_file()]
     if not found:
-        raise UserError(f"no checkpoint given and none found under {runs_dir}/*/best.pt; train one "
-                        f"first (dhmd-pipeline train, or make demo) or pass --checkpoint", exit_code=2)
-    return found[-1]
+        raise UserError(f"no checkpoint given and none found under {runs_dir}/*/best.pt or "
+                        f"{runs_dir}/*/*/best.pt; train one first (dhmd-pipeline train, or make demo) or "
+                        f"pass --checkpoint", exit_code=2)
+    return max(found, key=lambda p: (p.stat().st_mtime, str(p)))
 
 
 def resolve_checkpoint(cfg: "PipelineConfig", checkpoint: Path | None) -> Path:
@@ -271,42 +285,57 @@ class Predictor:
     def predict_one(self, path: Path, explain_dir: Path | None = None) -> dict[str, Any]:
         """Extract, predict (and explain) one clip; a failing clip becomes a failed entry.
 
-        Only extraction problems of this clip are turned into entries; a spec mismatch or a model
-        that cannot load fails the whole run (UserError).
+        Any error of this clip (ExtractionError, MemoryError or any other Exception while
+        extracting, predicting or writing its PNG) becomes ``{"clip", "status": "failed", "error",
+        "time_s"}``.  A spec mismatch or an extraction model that cannot load fails the whole run
+        (UserError), as does an interrupt.
         """
         from extractors.errors import ExtractionError, ModelLoadError
 
         times = StageTimes()
         t0 = time.perf_counter()
         clip: "ClipFeatures | None" = None
+        stage = "extraction"
         try:
             clip = self.extract(path)
+            t1 = time.perf_counter()
+            times.extract_s = t1 - t0
+            times.extract_detail = dict(clip.meta.get("timings_s", {}) or {})
+            stage = "prediction"
+            result = self.predict_features(clip, name=str(path))
+            t2 = time.perf_counter()
+            times.model_s = t2 - t1
+            if explain_dir is not None:
+                from pipeline.explain import explanation_path, write_explanation
+
+                stage = "explanation"
+                png = write_explanation(explanation_path(explain_dir, Path(path).name), result, clip)
+                log.info("wrote %s", png)
+            times.explain_s = time.perf_counter() - t2
+        except UserError:
+            raise
         except ModelLoadError as e:
             raise UserError(f"cannot load an extraction model of {self.checkpoint}: {e}") from None
         except ExtractionError as e:
-            log.warning("%s", e)
-            result = {"clip": str(path), "status": "failed", "error": str(e),
-                      "time_s": round(time.perf_counter() - t0, 3)}
-            self.last_times.append(times)
-            self.last_features.append(None)
-            return result
-        t1 = time.perf_counter()
-        times.extract_s = t1 - t0
-        times.extract_detail = dict(clip.meta.get("timings_s", {}) or {})
-        result = self.predict_features(clip, name=str(path))
-        t2 = time.perf_counter()
-        times.model_s = t2 - t1
-        if explain_dir is not None:
-            from pipeline.explain import explanation_path, write_explanation
-
-            png = write_explanation(explanation_path(explain_dir, Path(path).name), result, clip)
-            log.info("wrote %s", png)
-        times.explain_s = time.perf_counter() - t2
+            return self._failed(path, str(e), times, t0)
+        except (MemoryError, Exception) as e:   # noqa: BLE001 - one clip's failure must not stop the others
+            log.debug("%s: %s failed", path, stage, exc_info=True)
+            cause = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            return self._failed(path, f"{path}: {stage} failed: {type(e).__name__}"
+                                      f"{': ' + cause if cause else ''}", times, t0)
         times.total_s = time.perf_counter() - t0
         result["time_s"] = round(times.total_s, 3)
         self.last_times.append(times)
         self.last_features.append(clip)
         return result
+
+    def _failed(self, path: Path, error: str, times: StageTimes, t0: float) -> dict[str, Any]:
+        """The failed entry of one clip (and its place in last_times / last_features)."""
+        log.warning("%s", error)
+        times.total_s = time.perf_counter() - t0
+        self.last_times.append(times)
+        self.last_features.append(None)
+        return {"clip": str(path), "status": "failed", "error": error, "time_s": round(times.total_s, 3)}
 
     def predict(self, paths: Sequence[Path], explain_dir: Path | None = None,
                 progress: bool | None = None) -> list[dict[str, Any]]:
@@ -352,12 +381,16 @@ def _strongest_edges(edges: list[list[float]] | None, n: int = 2) -> str:
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
-    """The results as a plain-text table, then a few indented lines per clip (transcript, edges)."""
-    header = ["clip", "prediction", "label_7", "label_2", "text", "audio", "video", "face", "time_s"]
+    """The results as a plain-text table, then a few indented lines per clip (transcript, flags, edges).
+
+    The ``flags`` column and a ``caution`` line per flag (:data:`FLAG_NOTES`) show when a prediction
+    rests on less than the three modalities (no face, no words, estimated word times).
+    """
+    header = ["clip", "prediction", "label_7", "label_2", "text", "audio", "video", "face", "flags", "time_s"]
     rows = []
     for r in results:
         if r.get("status") == "failed":
-            rows.append([Path(r["clip"]).name, "FAILED", "-", "-", "-", "-", "-", "-",
+            rows.append([Path(r["clip"]).name, "FAILED", "-", "-", "-", "-", "-", "-", "-",
                          f"{r.get('time_s', 0):.2f}"])
             continue
         if r.get("score") is not None:
@@ -367,7 +400,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
         uni = r.get("unimodal", {})
         rows.append([Path(r["clip"]).name, pred, str(r.get("label_7") or "-"), str(r.get("label_2") or "-"),
                      _fmt_head(uni.get("text")), _fmt_head(uni.get("audio")), _fmt_head(uni.get("video")),
-                     f"{r['face_frames']}/{r['frames']}", f"{r['time_s']:.2f}"])
+                     f"{r['face_frames']}/{r['frames']}", ",".join(r.get("flags") or []) or "-",
+                     f"{r['time_s']:.2f}"])
     widths = [max(len(h), *(len(row[k]) for row in rows)) if rows else len(h) for k, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
              "  ".join("-" * w for w in widths)]
@@ -379,6 +413,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
             details.append(f"    error: {r['error']}")
             continue
         details.append(f"    transcript: {r.get('transcript') or '(none)'}")
+        for flag in r.get("flags") or []:
+            details.append(f"    caution: {flag} - {FLAG_NOTES.get(flag, 'see the extraction flags')}")
         details.append(f"    strongest edges (teacher->student): homo {_strongest_edges(r.get('edges_homo'))}; "
                        f"hetero {_strongest_edges(r.get('edges_hetero'))}")
         for space in SPACES:

@@ -2,7 +2,8 @@
 
 One module fixture extracts six short espeak-ng clips and trains a tiny DHMD for two epochs through
 the CLI; the tests then predict clips the model never saw, a corrupt file and a clip without audio,
-and check the JSON, the explanation PNGs, the exit statuses and the refusal of foreign checkpoints.
+and check the JSON, the explanation PNGs and figure, that models load once for many clips, that a
+clip failing in any stage fails alone, the exit statuses and the refusal of foreign checkpoints.
 """
 from __future__ import annotations
 
@@ -85,8 +86,8 @@ def _check_edges(edges) -> None:
     assert m.shape == (3, 3)
     assert np.all(np.isfinite(m)) and np.all(m >= 0)
     assert np.allclose(np.diag(m), 0.0)
-    # rows are teachers, columns students: every student receives a unit budget
-    assert np.allclose(m.sum(axis=0), 1.0, atol=1e-4)
+    # rows are teachers, columns students; one softmax over the six edges of the clip
+    assert np.isclose(m.sum(), 1.0, atol=1e-4)
 
 
 def test_predict_json_fields_and_failures(cli_run, new_clips, checkpoint) -> None:
@@ -121,26 +122,166 @@ def test_predict_json_fields_and_failures(cli_run, new_clips, checkpoint) -> Non
         assert "score" not in bad
 
 
+def _png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
 def test_explain_png_per_good_clip(cli_run, new_clips) -> None:
+    from PIL import Image
+
     _, explain = cli_run
     pngs = sorted(explain.glob("*.png"))
     assert [p.name for p in pngs] == [new_clips["good"].stem + ".png"]
     data = pngs[0].read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    assert _png_size(data) == (1300, 1000)                 # 13 x 10 inches at 100 dpi
+    img = np.asarray(Image.open(pngs[0]).convert("RGB"), dtype=int)
+    assert (img.std(axis=(0, 1)) > 20).all()                  # drawn, not blank
+    assert (img == 255).all(axis=-1).mean() > 0.5             # on a white page
+    # the strongest edge of each heat map is drawn in the darkest blue of the colour map, in the top half
+    darkest = (np.abs(img - np.array([8, 48, 107])).max(axis=-1) <= 12)
+    rows = np.nonzero(darkest)[0]
+    assert darkest.sum() > 2000 and rows.max() < 500
 
 
-def test_predictor_api_reuses_models_and_is_deterministic(checkpoint, new_clips) -> None:
+@pytest.fixture(scope="module")
+def counted(checkpoint, new_clips, tmp_path_factory):
+    """A Predictor made with every model loader counted, then used for three clips."""
+    from collections import Counter
+
+    import extractors.asr
+    import extractors.face
+    import extractors.text
+    import pipeline.checkpoint
     from pipeline.predict import Predictor
 
-    pred = Predictor(checkpoint, device="cpu", top_atoms=3)
-    first, again = pred.predict([new_clips["good"], new_clips["good"]])
-    assert first["status"] == again["status"] == "ok"
+    counts: Counter = Counter()
+
+    def counting(name, original):
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return original(*args, **kwargs)
+        return wrapper
+
+    other = tmp_path_factory.mktemp("counted") / "other_good.mp4"
+    other.write_bytes(new_clips["good"].read_bytes())
+    with pytest.MonkeyPatch.context() as mp:
+        for module, attr in ((pipeline.checkpoint, "load_for_inference"), (extractors.text, "TextEncoder"),
+                             (extractors.face, "make_face_extractor"), (extractors.asr, "SpeechRecognizer")):
+            mp.setattr(module, attr, counting(attr, getattr(module, attr)))
+        pred = Predictor(checkpoint, device="cpu", top_atoms=3)
+        loaded = dict(counts)
+        results = pred.predict([new_clips["good"], other, new_clips["good"]])
+    return pred, results, loaded, dict(counts)
+
+
+def test_predictor_loads_models_once_for_many_clips(counted) -> None:
+    _, results, loaded, counts = counted
+    assert [r["status"] for r in results] == ["ok", "ok", "ok"]
+    assert loaded == {"load_for_inference": 1, "TextEncoder": 1, "make_face_extractor": 1}
+    # three clips later: still one of each, and the recogniser (the clips have no sidecar) once
+    assert counts == {"load_for_inference": 1, "TextEncoder": 1, "make_face_extractor": 1, "SpeechRecognizer": 1}
+
+
+def test_predictor_is_deterministic(counted) -> None:
+    _, (first, other, again), _, _ = counted
     assert first["score"] == pytest.approx(again["score"], abs=1e-5)
+    assert first["score"] == pytest.approx(other["score"], abs=1e-5)    # same media, other name
     np.testing.assert_allclose(first["edges_hetero"], again["edges_hetero"], atol=1e-5)
     assert all(len(v) == 3 for v in first["top_atoms"]["hetero"].values())
+
+
+def test_table_shows_failures_and_flags(counted) -> None:
+    _, (first, *_), _, _ = counted
     table = format_table([first, {"clip": "x/broken.mp4", "status": "failed", "error": "x/broken.mp4: corrupt",
                                   "time_s": 0.1}])
     assert "broken.mp4" in table and "FAILED" in table and first["label_7"] in table
+    assert "flags" in table.splitlines()[0]
+    faceless = {**first, "clip": "x/faceless.mp4", "flags": ["no_face", "word_times_spread"], "face_frames": 0}
+    table = format_table([faceless])
+    row = table.splitlines()[2]
+    assert "no_face,word_times_spread" in row and f"0/{first['frames']}" in row
+    assert "caution: no_face" in table and "video modality saw nothing" in table
+    assert "caution: word_times_spread" in table
+
+
+def test_explanation_figure_shows_edges_and_timeline(counted) -> None:
+    import matplotlib.pyplot as plt
+
+    from pipeline.explain import build_explanation_figure
+
+    pred, (result, *_), _, _ = counted
+    clip = pred.last_features[0]
+    assert clip is not None and clip.words
+    fig = build_explanation_figure(result, clip)
+    try:
+        homo, hetero, info, words, voice, face = fig.axes[:6]
+        for ax, name, key in ((homo, "homogeneous", "edges_homo"), (hetero, "heterogeneous", "edges_hetero")):
+            assert ax.get_title() == f"{name}: edge i -> j"
+            (image,) = ax.images
+            np.testing.assert_allclose(np.asarray(image.get_array()), np.asarray(result[key]), atol=1e-6)
+            off = np.asarray(result[key])[~np.eye(3, dtype=bool)]
+            assert image.get_clim() == pytest.approx((0.0, off.max()))     # darkest = the strongest edge
+            assert [t.get_text() for t in ax.get_xticklabels()] == ["text", "audio", "video"]
+            assert [t.get_text() for t in ax.get_yticklabels()] == ["text", "audio", "video"]
+            assert "student" in ax.get_xlabel() and "teacher" in ax.get_ylabel()
+            cells = [t.get_text() for t in ax.texts]
+            assert len(cells) == 9 and cells.count("-") == 3                # the empty diagonal
+            assert cells[1] == f"{result[key][0][1]:.2f}"
+        summary = "\n".join(t.get_text() for t in info.texts)
+        assert f"score: {result['score']:+.2f}" in summary and result["label_7"] in summary
+        assert result["transcript"].split()[0] in summary
+        # every word on the time axis, at its time
+        shown = [t.get_text() for t in words.texts]
+        assert shown == list(clip.words)
+        for t, start, end in zip(words.texts, clip.word_start, clip.word_end):
+            assert start - 1e-6 <= t.get_position()[0] <= end + 1e-6
+        assert words.get_ylabel() == "words" and words.get_xlim()[1] >= float(np.max(clip.word_end))
+        assert voice.get_ylabel() == "F0 (Hz)"
+        assert "F0 (voiced)" in [line.get_label() for line in voice.lines]
+        labels = [line.get_label() for line in face.lines]
+        assert {"AU12 smile", "AU15 lip corner down"} <= set(labels)
+        assert face.get_xlabel() == "time (s)"
+    finally:
+        plt.close(fig)
+
+
+def test_one_failing_clip_does_not_stop_the_others(checkpoint, new_clips, tmp_path, monkeypatch) -> None:
+    """An error that is not an ExtractionError (the PNG writer, the model, memory) fails that clip only."""
+    import pipeline.explain
+    from pipeline.predict import Predictor
+
+    clips = {}
+    for name in ("first", "png_fails", "model_fails", "last"):
+        clips[name] = tmp_path / f"{name}.mp4"
+        clips[name].write_bytes(new_clips["good"].read_bytes())
+    real_writer = pipeline.explain.write_explanation
+    real_predict = Predictor.predict_features
+
+    def writer(out_path, result, clip):
+        if "png_fails" in str(out_path):
+            raise OSError(28, "No space left on device")
+        return real_writer(out_path, result, clip)
+
+    def predict_features(self, clip, name=None):
+        if name and "model_fails" in name:
+            raise MemoryError()
+        return real_predict(self, clip, name=name)
+
+    monkeypatch.setattr(pipeline.explain, "write_explanation", writer)
+    monkeypatch.setattr(Predictor, "predict_features", predict_features)
+    explain = tmp_path / "explain"
+    res = CliRunner().invoke(main, ["predict", *map(str, clips.values()), "--checkpoint", str(checkpoint),
+                                    "--json", "--explain", str(explain)], catch_exceptions=False)
+    assert res.exit_code == 3, res.output
+    first, png, model, last = json.loads(res.stdout)
+    assert first["status"] == last["status"] == "ok" and -3 <= last["score"] <= 3
+    assert png["status"] == model["status"] == "failed"
+    assert png["error"] == f"{clips['png_fails']}: explanation failed: OSError: [Errno 28] No space left on device"
+    assert model["error"] == f"{clips['model_fails']}: prediction failed: MemoryError"
+    assert sorted(p.name for p in explain.glob("*.png")) == ["first.png", "last.png"]
+    assert "2 of 4 clips failed" in res.stderr and "Traceback" not in res.stderr
 
 
 def _rewrite_spec(checkpoint: Path, out: Path, change: dict) -> dict:
@@ -191,6 +332,33 @@ def test_default_checkpoint_is_newest_best(tmp_path) -> None:
     (tmp_path / "2026-d").mkdir()
     (tmp_path / "2026-d" / "last.pt").write_bytes(b"x")
     assert default_checkpoint(tmp_path) == tmp_path / "2026-b" / "best.pt"
+    # train --seeds writes RUN/seed-<n>/best.pt: one level deeper counts too, newest still wins
+    for seed, mtime in ((1, 2500), (2, 4000)):
+        p = tmp_path / "2026-e" / f"seed-{seed}" / "best.pt"
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"x")
+        os.utime(p, (mtime, mtime))
+    assert default_checkpoint(tmp_path) == tmp_path / "2026-e" / "seed-2" / "best.pt"
+    os.utime(tmp_path / "2026-c" / "best.pt", (5000, 5000))
+    assert default_checkpoint(tmp_path) == tmp_path / "2026-c" / "best.pt"
+    # deeper than that is not searched
+    deep = tmp_path / "2026-f" / "a" / "b" / "best.pt"
+    deep.parent.mkdir(parents=True)
+    deep.write_bytes(b"x")
+    os.utime(deep, (9000, 9000))
+    assert default_checkpoint(tmp_path) == tmp_path / "2026-c" / "best.pt"
+
+
+def test_default_checkpoint_finds_a_seed_run_alone(tmp_path) -> None:
+    from pipeline.errors import UserError
+    from pipeline.predict import default_checkpoint
+
+    with pytest.raises(UserError, match=r"\*/\*/best.pt"):
+        default_checkpoint(tmp_path)
+    p = tmp_path / "run" / "seed-3" / "best.pt"
+    p.parent.mkdir(parents=True)
+    p.write_bytes(b"x")
+    assert default_checkpoint(tmp_path) == p
 
 
 @pytest.mark.parametrize("score,name7,name2", [
