@@ -5,8 +5,10 @@ clips, labels and splits are those training would use (labels.csv split column, 
 by-video split of ``train.split`` / ``train.split_seed``), in the ``[align] mode`` of the settings:
 
 * aligned: ``text``, ``audio``, ``vision`` all at one length (the longest token sequence), no lengths;
+  special tokens and words without data (:mod:`pipeline.dataset`: no frame within one frame period,
+  for vision no face) hold zero rows, which is how training on the pickle tells them apart again;
 * unaligned: each modality padded to its own longest sequence, with ``audio_lengths`` and
-  ``vision_lengths``.
+  ``vision_lengths``; frames without a face stay in place as zero rows (the layout has no face mask).
 
 Padding is zeros at the end; ``text_bert`` holds ids / attention mask / segment ids (padding 0);
 features are the raw extracted values (no normalisation), float32.  Ids follow MMSA's

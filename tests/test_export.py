@@ -52,10 +52,25 @@ def test_unaligned_export_layout_and_values(cache: Path, tmp_path: Path) -> None
         assert tr["id"][j] == mmsa_id(clip_id, clip_id.split("_")[0])
         assert tr["audio_lengths"][j] == s["audio"].shape[0]
         np.testing.assert_array_equal(tr["audio"][j, :s["audio"].shape[0]], s["audio"])
+        assert tr["vision_lengths"][j] == s["video"].shape[0]
+        np.testing.assert_array_equal(tr["vision"][j, :s["video"].shape[0]], s["video"])
+        assert (tr["vision"][j, s["video"].shape[0]:] == 0).all()
+        assert s["video"].any(axis=1).sum() > 0 and not s["video_mask"].all()   # faces and gaps both
         np.testing.assert_array_equal(tr["text"][j, :s["text"].shape[0]], s["text"])
         np.testing.assert_array_equal(tr["text_bert"][j, :, :s["text"].shape[0]], s["text_bert"])
         assert tr["regression_labels"][j] == pytest.approx(s["label"])
     assert mmsa_id("vid3_2", "vid3") == "vid3$_$2" and mmsa_id("clipx", None) == "clipx"
+    # the pickle reads back as the same unaligned samples, and trains
+    back = {s["id"].replace("$_$", "_"): s for s in load_data(out, PipelineConfig()).splits["train"]}
+    assert set(back) == set(samples)
+    for clip_id, s in samples.items():
+        for key in ("text", "audio", "video"):
+            np.testing.assert_array_equal(back[clip_id][key], s[key])
+    res = _invoke(["train", "--data", str(out), "--out", str(tmp_path / "run"), *set_args(TINY + ["train.epochs=1"])])
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["spec"] == {"source": "mmsa", "text_dim": 8, "audio_dim": 5, "video_dim": 6, "align": "unaligned"}
+    assert results["n"] == {"train": 24, "valid": 8, "test": 8} and results["test"]["MAE"] is not None
 
 
 def test_aligned_export_round_trip_trains(cache: Path, tmp_path: Path) -> None:
@@ -72,7 +87,7 @@ def test_aligned_export_round_trip_trains(cache: Path, tmp_path: Path) -> None:
     assert from_pickle.align_mode == "aligned" and from_pickle.counts() == {"train": 24, "valid": 8, "test": 8}
     for s in from_pickle.splits["test"]:
         c = from_cache[s["id"].replace("$_$", "_")]
-        for key in ("text", "audio", "video", "text_bert"):
+        for key in ("text", "audio", "video", "text_bert", "audio_valid", "video_valid"):
             np.testing.assert_array_equal(s[key], c[key])
         assert s["label"] == pytest.approx(c["label"])
     # and training on it works end to end
