@@ -68,7 +68,11 @@ def plot_loss_curves(history: Sequence[dict[str, Any]], path: Path, val_metric: 
 
 def plot_edge_matrices(edges: dict[str, np.ndarray | None], path: Path, title: str = "") -> Path:
     """One heat map per space ("homo" -> HoGD, "hetero" -> HeGD) of a mean (3, 3) edge matrix
-    W[teacher, student]; a missing space (ablated) is drawn as an empty panel."""
+    W[teacher, student]; a missing space (ablated) is drawn as an empty panel.
+
+    Each sample's W is one softmax over its six off-diagonal edges (:mod:`dhmd.graph_distill`): the
+    diagonal is 0 and the six weights sum to 1, so the mean matrix's entries also sum to 1 (neither a
+    row nor a column does on its own).  Colours run from 0 to the largest entry."""
     names = {"homo": "HoGD (homogeneous)", "hetero": "HeGD (heterogeneous)"}
     fig, axes = _figure(1, 2, figsize=(10, 4.2), layout="constrained")
     for ax, space in zip(axes, ("homo", "hetero")):
