@@ -208,7 +208,7 @@ class Voice:
 # Voices of the training and validation clips ...
 TRAIN_VOICES: tuple[Voice, ...] = (
     Voice("en-us+m3", 160, 45),
-    Voice("en-gb+f2", 150, 55),
+    Voice("en+f2", 150, 55),            # "en" (British); espeak-ng 1.51 ignores a variant on "en-gb"
     Voice("en-gb-scotland+m1", 155, 40),
     Voice("en-us+f4", 165, 60),
     Voice("en-gb-x-rp+m5", 145, 50),

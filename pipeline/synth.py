@@ -3,9 +3,14 @@
 Used by the tests and by the demo corpus.  The face is scikit-image's astronaut photograph (a real
 face, public domain) with gentle head motion; ``expression`` in [-1, 1] is passed to
 :func:`face_frames` so the demo can make the face carry signal.  Nothing here downloads anything.
+
+It needs the ``espeak-ng`` and ``ffmpeg`` programs (``make install`` puts them in).  A missing
+program, or one that fails (e.g. an unknown espeak-ng voice), raises
+:class:`~pipeline.errors.UserError`: one line saying what went wrong and how to fix it.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import shutil
 import subprocess
@@ -16,18 +21,54 @@ from typing import Iterator
 
 import numpy as np
 
+from pipeline.errors import UserError
+
 FACE_SIZE = 256  # output frame is FACE_SIZE x FACE_SIZE pixels
 _CONTAINERS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"}  # suffixes ffmpeg picks a format from
 
 
+INSTALL_HINT = "run `make install`, or `sudo apt-get install espeak-ng ffmpeg`"
+
+
+def require_program(name: str) -> str:
+    """The path of program ``name`` (espeak-ng, ffmpeg) on PATH; UserError naming the fix if absent."""
+    found = shutil.which(name)
+    if found is None:
+        raise UserError(f"{name} is not installed (not found on PATH); {INSTALL_HINT}")
+    return found
+
+
+def _first_line(data: bytes | str | None) -> str:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else (data or "")
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0] if lines else "no message"
+
+
+def _run(cmd: list[str], what: str) -> subprocess.CompletedProcess:
+    """Run a tool, turning a missing program or a failure into one-line UserErrors."""
+    try:
+        return subprocess.run(cmd, check=True, capture_output=True)
+    except FileNotFoundError:
+        raise UserError(f"{cmd[0]} is not installed (not found on PATH); {INSTALL_HINT}") from None
+    except subprocess.CalledProcessError as e:
+        raise UserError(f"{cmd[0]} failed {what} (exit status {e.returncode}): {_first_line(e.stderr)}") from None
+
+
 def speak(text: str, wav_path: Path, voice: str = "en-us", rate: int = 150, pitch: int = 50) -> float:
-    """Speak ``text`` with espeak-ng into ``wav_path``; returns the duration in seconds."""
-    if shutil.which("espeak-ng") is None:
-        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-p", str(pitch), "-w", str(wav_path), text],
-                   check=True, capture_output=True)
-    with wave.open(str(wav_path)) as w:
-        return w.getnframes() / float(w.getframerate())
+    """Speak ``text`` with espeak-ng into ``wav_path``; returns the duration in seconds.
+
+    UserError when espeak-ng is missing, fails (an unknown voice) or writes no audio.
+    """
+    exe = require_program("espeak-ng")
+    proc = _run([exe, "-v", voice, "-s", str(rate), "-p", str(pitch), "-w", str(wav_path), text],
+                f"speaking with voice {voice!r}")
+    try:
+        with wave.open(str(wav_path)) as w:
+            return w.getnframes() / float(w.getframerate())
+    except (OSError, EOFError, wave.Error):
+        # espeak-ng exits 0 when it cannot write the file
+        raise UserError(f"espeak-ng wrote no audio to {wav_path} (voice {voice!r}): "
+                        f"{_first_line(proc.stderr)}") from None
 
 
 def base_face() -> np.ndarray:
@@ -167,10 +208,12 @@ def blank_frames(n_frames: int, seed: int = 0) -> Iterator[np.ndarray]:
 
 
 def write_video(frames: Iterator[np.ndarray], fps: float, out_path: Path, wav_path: Path | None = None) -> Path:
-    """Encode RGB frames (and optionally a wav) to an H.264/AAC mp4 at ``out_path``."""
+    """Encode RGB frames (and optionally a wav) to an H.264/AAC mp4 at ``out_path``.
+
+    UserError when ffmpeg is missing or fails."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = ["ffmpeg", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+    cmd = [require_program("ffmpeg"), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
            "-s", f"{FACE_SIZE}x{FACE_SIZE}", "-r", str(fps), "-i", "-"]
     if wav_path is not None:
         cmd += ["-i", str(wav_path), "-c:a", "aac", "-b:a", "64k"]
@@ -181,12 +224,16 @@ def write_video(frames: Iterator[np.ndarray], fps: float, out_path: Path, wav_pa
     cmd = [c for c in cmd if c]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdin is not None
-    for f in frames:
-        proc.stdin.write(np.ascontiguousarray(f, dtype=np.uint8).tobytes())
-    proc.stdin.close()
-    err = proc.stderr.read().decode() if proc.stderr else ""
+    try:
+        for f in frames:
+            proc.stdin.write(np.ascontiguousarray(f, dtype=np.uint8).tobytes())
+        proc.stdin.close()
+    except BrokenPipeError:   # ffmpeg stopped early; its own message says why
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+    err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
     if proc.wait() != 0:
-        raise RuntimeError(f"ffmpeg failed writing {out_path}: {err.strip()}")
+        raise UserError(f"ffmpeg failed writing {out_path}: {_first_line(err)}")
     return out_path
 
 
@@ -205,7 +252,7 @@ def make_clip(out_path: Path, text: str, voice: str = "en-us", rate: int = 150, 
         frames = face_frames(n, fps, expression=expression, seed=seed) if face else blank_frames(n, seed)
         if audio and text:
             padded = Path(tmp) / "padded.wav"
-            subprocess.run(["ffmpeg", "-y", "-loglevel", "error", "-i", str(wav), "-af",
-                            f"apad=pad_dur={pad_s}", str(padded)], check=True)
+            _run([require_program("ffmpeg"), "-y", "-loglevel", "error", "-i", str(wav), "-af",
+                  f"apad=pad_dur={pad_s}", str(padded)], "padding the speech with silence")
             wav = padded
         return write_video(frames, fps, out_path, wav if (audio and text) else None)

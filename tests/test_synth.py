@@ -62,8 +62,8 @@ def _lip_lift(mesh, frame: np.ndarray) -> float:
 
 
 def test_clip_has_audio_and_video_of_the_speech_duration(make_clip, tmp_path):
-    clip = make_clip(SHORT, voice="en-gb+f2", rate=170, pitch=60, fps=15.0, expression=0.5)
-    speech_s = synth.speak(SHORT, tmp_path / "ref.wav", voice="en-gb+f2", rate=170, pitch=60)
+    clip = make_clip(SHORT, voice="en+f2", rate=170, pitch=60, fps=15.0, expression=0.5)
+    speech_s = synth.speak(SHORT, tmp_path / "ref.wav", voice="en+f2", rate=170, pitch=60)
     streams = _streams(clip)
     assert set(streams) == {"audio", "video"}
     expected = speech_s + 0.3
@@ -155,3 +155,85 @@ def test_shrunk_selection_is_balanced():
     assert len(sel) == 12 == len({s.text for s in sel})
     signs = Counter(int(np.sign(s.score)) for s in sel)
     assert signs[1] == signs[-1] == 5 and signs[0] == 2
+
+
+def _pcm(wav: Path) -> bytes:
+    import wave
+
+    with wave.open(str(wav)) as w:
+        return w.readframes(w.getnframes())
+
+
+def test_every_demo_voice_sounds_different_and_its_variant_applies(tmp_path):
+    """espeak-ng silently ignores some variants (1.51: anything on "en-gb"): every demo voice must
+    render audio unlike every other demo voice and unlike its base voice without the variant."""
+    voices = [v.name for v in dc.TRAIN_VOICES + dc.TEST_VOICES]
+    assert len(set(voices)) == len(voices)
+    audio = {}
+    for name in voices + sorted({v.split("+")[0] for v in voices}):
+        wav = tmp_path / f"{name.replace('+', '_')}.wav"
+        synth.speak(SHORT, wav, voice=name, rate=150, pitch=50)     # same text, rate and pitch for all
+        audio[name] = _pcm(wav)
+        assert len(audio[name]) > 1000
+    for i, a in enumerate(voices):
+        for b in voices[i + 1:]:
+            assert audio[a] != audio[b], f"{a} and {b} render the same audio"
+        base = a.split("+")[0]
+        assert "+" in a and audio[a] != audio[base], f"the variant of {a} changes nothing (same as {base})"
+
+
+def _no_tools_path(tmp_path: Path, monkeypatch, keep: tuple[str, ...] = ()) -> None:
+    """PATH = an empty folder, plus links to the programs in ``keep``."""
+    import shutil
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in keep:
+        (bin_dir / name).symlink_to(shutil.which(name))
+    monkeypatch.setenv("PATH", str(bin_dir))
+
+
+def test_missing_espeak_ng_is_one_clear_user_error(tmp_path, monkeypatch):
+    from pipeline.errors import UserError
+
+    _no_tools_path(tmp_path, monkeypatch, keep=("ffmpeg",))
+    with pytest.raises(UserError) as e:
+        synth.speak(SHORT, tmp_path / "x.wav")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("espeak-ng is not installed")
+    assert "make install" in msg and "apt-get install espeak-ng ffmpeg" in msg
+    with pytest.raises(UserError, match="^espeak-ng is not installed"):
+        synth.make_clip(tmp_path / "x.mp4", SHORT)
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_missing_ffmpeg_is_one_clear_user_error(tmp_path, monkeypatch):
+    from pipeline.errors import UserError
+
+    _no_tools_path(tmp_path, monkeypatch, keep=("espeak-ng",))
+    with pytest.raises(UserError) as e:
+        synth.make_clip(tmp_path / "x.mp4", SHORT, fps=5.0)
+    assert str(e.value).startswith("ffmpeg is not installed") and "make install" in str(e.value)
+    with pytest.raises(UserError, match="^ffmpeg is not installed"):
+        synth.write_video(synth.blank_frames(2), 5.0, tmp_path / "y.mp4")
+
+
+def test_failing_espeak_ng_is_one_clear_user_error(tmp_path):
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        synth.speak(SHORT, tmp_path / "x.wav", voice="xx-no-such-voice")
+    msg = str(e.value)
+    assert "\n" not in msg and "espeak-ng failed" in msg and "xx-no-such-voice" in msg
+    assert "voice does not exist" in msg                        # espeak-ng's own reason
+    # espeak-ng exits 0 when it cannot write the file: still an error, not a crash in wave
+    with pytest.raises(UserError, match="espeak-ng wrote no audio"):
+        synth.speak(SHORT, tmp_path / "no" / "such" / "dir" / "x.wav")
+
+
+def test_failing_ffmpeg_is_one_clear_user_error(tmp_path):
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        synth.write_video(synth.blank_frames(3), 5.0, tmp_path / "x.mp4", wav_path=tmp_path / "missing.wav")
+    assert str(e.value).startswith(f"ffmpeg failed writing {tmp_path / 'x.mp4'}: ") and "\n" not in str(e.value)
