@@ -629,14 +629,14 @@ def mmsa_video_id(sample_id: str) -> str | None:
 def _fill_missing_splits(splits: dict[str, list[dict]], path: Path, cfg: "PipelineConfig") -> None:
     """Carve the valid / test splits that a pickle lacks (absent or empty) out of its train split, by
     source video (the video part of ``video$_$clip`` ids; per sample when the ids have none) with the
-    seeded :func:`split_by_group` of ``train.split`` / ``train.split_seed``.  Given splits are kept."""
-    missing = [k for k in ("valid", "test") if not splits[k]]
+    seeded :func:`split_by_group` of ``train.split`` / ``train.split_seed`` (a split whose fraction is 0
+    stays empty).  Given splits are kept."""
+    share = dict(zip(SPLITS, cfg.train.split))
+    missing = [k for k in ("valid", "test") if not splits[k] and share[k] > 0]
     pool = splits["train"]
     if not missing or not pool:
         return
-    fractions = [f if (k == "train" or k in missing) else 0.0 for k, f in zip(SPLITS, cfg.train.split)]
-    if sum(fractions[1:]) <= 0:
-        return
+    fractions = [share[k] if (k == "train" or k in missing) else 0.0 for k in SPLITS]
     videos = [mmsa_video_id(s["id"]) for s in pool]
     groups = [f"video:{v}" if v else f"sample:{s['id']}" for v, s in zip(videos, pool)]
     names = split_by_group(groups, fractions, cfg.train.split_seed)
