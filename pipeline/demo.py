@@ -6,8 +6,11 @@
             their words come from speech recognition, as for any new clip.  A shrunk demo
             (``--sentences N``) uses ``WORKDIR/corpus-N`` and ``WORKDIR/cache-N`` instead.
 2. extract  ``WORKDIR/corpus`` -> ``WORKDIR/cache`` (the extraction cache makes a rerun cheap).
-3. train    a small DHMD sized for a CPU (``[demo]`` settings) into ``demo.runs_dir``
-            (``data/runs/demo``), trained afresh on every run.
+3. train    a small DHMD sized for a CPU (``[demo]`` settings, regression on the -3..3 scores)
+            into ``demo.runs_dir`` (``data/runs/demo``), trained afresh on every run.  That folder
+            is the demo's own: it is made with a marker file (``.dhmd-demo-run``), and each run
+            deletes only the files a demo run writes there; a folder the demo did not make that holds
+            anything else is refused before any work starts.
 4. evaluate the best checkpoint on the test split: held-out sentences in held-out voices.
 5. predict  one held-out test clip end to end (extraction with speech recognition, model,
             explanation) and print its prediction, then the sign accuracy of the model on every
@@ -35,17 +38,24 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("best.pt", "last.pt", "config.json", "metrics.jsonl")   # marks a training run folder
+RUN_MARKER = ".dhmd-demo-run"   # written in demo.runs_dir when the demo makes (or adopts) it
+# what one demo run writes in demo.runs_dir (train, evaluate, the summary); only these are deleted
+RUN_FILES = ("best.pt", "last.pt", "config.json", "metrics.jsonl", "results.json", "loss_curves.png", "edges.png",
+             "demo_summary.json")
+DEMO_ONLY = "demo_summary.json"  # no other command writes it: marks a run folder of an older demo (no marker)
+EXPLAIN_DIR = "explain"         # predict --explain PNGs of the demo run (*.png only)
 
 
 def demo_overrides(cfg: "PipelineConfig", epochs: int) -> dict[str, Any]:
     """The settings the demo trains and extracts with, as dotted ``with_overrides`` keys.
 
     A small DHMD (``demo.hidden_dim``, ``demo.num_layers``...) so that the demo trains on two CPU cores
-    in a few minutes; everything else is the user's configuration.
+    in a few minutes, always a regression on the corpus' -3..3 scores (whatever ``model.task`` says);
+    everything else is the user's configuration.
     """
     d = cfg.demo
     return {
+        "model.task": "regression",
         "extract.workers": d.workers,
         "model.hidden_dim": d.hidden_dim,
         "model.num_heads": d.num_heads,
@@ -74,21 +84,72 @@ def _echo(text: str = "") -> None:
     print(text, flush=True)
 
 
-def clean_run_dir(path: Path) -> None:
-    """Empty ``path`` for a fresh training run, refusing folders that are not run folders.
+def _run_dir_entries(path: Path) -> tuple[list[Path], list[Path]]:
+    """``(files a demo run writes, anything else)`` directly in ``path`` (the marker counts as the
+    former; the explain folder's PNGs too, the folder itself is 'else' when it holds other files)."""
+    ours, other = [], []
+    for entry in sorted(path.iterdir()):
+        if entry.name == RUN_MARKER or (entry.is_file() and entry.name in RUN_FILES):
+            ours.append(entry)
+        elif entry.name == EXPLAIN_DIR and entry.is_dir() and not entry.is_symlink():
+            pngs = [f for f in entry.iterdir() if f.suffix == ".png" and f.is_file() and not f.is_symlink()]
+            ours += pngs
+            if len(pngs) != len(list(entry.iterdir())):
+                other.append(entry)
+        elif entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
+            ours.append(entry)   # left by an interrupted atomic write
+        else:
+            other.append(entry)
+    return ours, other
 
-    A misconfigured ``demo.runs_dir`` must never wipe unrelated files: only a missing or empty
-    folder, or one that holds a checkpoint, is accepted.
+
+def check_run_dir(path: Path) -> None:
+    """Refuse (UserError, exit 2) a ``demo.runs_dir`` the demo must not write into.
+
+    Accepted: a missing or empty folder, a folder with the demo's marker (:data:`RUN_MARKER`), or a
+    folder left by an older demo (no marker) that holds its ``demo_summary.json`` and nothing but demo
+    run files.  Anything else (a file, a training run of ``train``, a folder with other files) is
+    someone else's: refused, untouched.
     """
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return
-    if not path.is_dir():
-        raise UserError(f"{path}: demo.runs_dir is a file, not a folder", exit_code=2)
-    if any(path.iterdir()) and not any((path / f).exists() for f in RUN_FILES):
-        raise UserError(f"{path}: demo.runs_dir is not empty and holds no training run (no best.pt, last.pt or "
-                        "config.json); choose another demo.runs_dir", exit_code=2)
-    shutil.rmtree(path)
+    if not path.is_dir() or path.is_symlink():
+        raise UserError(f"{path}: demo.runs_dir is not a folder the demo made; choose another demo.runs_dir "
+                        f"(e.g. --set demo.runs_dir=data/runs/demo)", exit_code=2)
+    if (path / RUN_MARKER).is_file():
+        return
+    ours, other = _run_dir_entries(path)
+    if not ours and not other:
+        return
+    if other or not (path / DEMO_ONLY).is_file():
+        names = ", ".join(p.name for p in (other or ours)[:5])
+        raise UserError(f"{path}: demo.runs_dir holds files the demo did not write ({names}); the demo only "
+                        f"replaces its own run folder (marked {RUN_MARKER}): choose another demo.runs_dir, "
+                        f"e.g. --set demo.runs_dir=data/runs/demo", exit_code=2)
+
+
+def clean_run_dir(path: Path) -> None:
+    """Make ``path`` ready for a fresh demo training run: create it (with :data:`RUN_MARKER`), or
+    delete the files an earlier demo run wrote there (:data:`RUN_FILES`, ``explain/*.png``).
+
+    Nothing else is ever deleted: a folder that :func:`check_run_dir` refuses raises UserError
+    (exit 2) before anything is touched; other files in a marked folder are left where they are.
+    """
+    path = Path(path)
+    check_run_dir(path)
+    path.mkdir(parents=True, exist_ok=True)
+    ours, other = _run_dir_entries(path)
+    for f in ours:
+        if f.name != RUN_MARKER:
+            f.unlink()
+    explain = path / EXPLAIN_DIR
+    if explain.is_dir() and not explain.is_symlink() and not any(explain.iterdir()):
+        explain.rmdir()
+    if other:
+        log.warning("%s: left %s in the demo's run folder untouched", path, ", ".join(p.name for p in other[:5]))
+    (path / RUN_MARKER).write_text("made by dhmd-pipeline demo; the demo replaces its run files here on "
+                                   "every run\n", encoding="utf-8")
 
 
 def corpus_summary(specs: list["ClipSpec"]) -> dict[str, Any]:
@@ -165,10 +226,12 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
     dcfg = with_overrides(cfg, overrides)
     timings: dict[str, float] = {}
 
+    check_run_dir(runs_dir)   # before any work: a folder that is not the demo's is refused untouched
     try:
         chosen = select_sentences(n_sentences)
     except ValueError as e:
-        raise UserError(f"--sentences {n_sentences}: {e}", exit_code=2) from None
+        given = f"--sentences {n_sentences}" if sentences is not None else f"demo.sentences = {n_sentences}"
+        raise UserError(f"{given}: {e}", exit_code=2) from None
     specs = plan_corpus(chosen, voices_per_sentence=cfg.demo.voices_per_sentence, fps=cfg.demo.fps)
     summary_corpus = corpus_summary(specs)
     _echo(f"dhmd-pipeline demo: {len(chosen)} of {len(SENTENCES)} sentences, {len(specs)} clips in {workdir}")

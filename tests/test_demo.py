@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from pipeline import demo_corpus as dc
 from pipeline.cli import main
-from pipeline.demo import clean_run_dir, sign_accuracy
+from pipeline.demo import RUN_MARKER, check_run_dir, clean_run_dir, demo_overrides, sign_accuracy
 from pipeline.errors import UserError
 
 
@@ -55,18 +55,89 @@ def test_sign_accuracy_ignores_neutral_labels():
     assert acc["clips"] == 4 and acc["correct"] == 3 and acc["accuracy"] == 0.75
 
 
-def test_clean_run_dir_refuses_folders_that_are_not_runs(tmp_path):
-    other = tmp_path / "precious"
-    other.mkdir()
-    (other / "notes.txt").write_text("keep me")
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else b"<dir>")
+            for p in sorted(folder.rglob("*"))}
+
+
+def _unrelated_project(root: Path) -> Path:
+    """A folder that is not the demo's: a config.json and a checkpoint-looking file among other files."""
+    root.mkdir(parents=True)
+    (root / "config.json").write_text('{"mine": true}')
+    (root / "metrics.jsonl").write_text("{}\n")
+    (root / "best.pt").write_bytes(b"someone else's model")
+    (root / "notes.txt").write_text("keep me")
+    (root / "src").mkdir()
+    (root / "src" / "main.py").write_text("print('hello')\n")
+    return root
+
+
+def test_clean_run_dir_never_deletes_what_the_demo_did_not_write(tmp_path):
+    project = _unrelated_project(tmp_path / "project")
+    before = _snapshot(project)
+    for fn in (check_run_dir, clean_run_dir):
+        with pytest.raises(UserError) as e:
+            fn(project)
+        assert e.value.exit_code == 2 and str(project) in str(e.value) and "notes.txt" in str(e.value)
+        assert _snapshot(project) == before
+    # a config.json alone is no demo run, nor is a run of `train` (same file names, no demo summary)
+    for files in (("config.json",), ("best.pt", "last.pt", "config.json", "metrics.jsonl", "results.json")):
+        other = tmp_path / f"other-{len(files)}"
+        other.mkdir()
+        for name in files:
+            (other / name).write_text(f"{name} of someone else")
+        with pytest.raises(UserError):
+            clean_run_dir(other)
+        assert sorted(p.name for p in other.iterdir()) == sorted(files)
+    # a file is refused
+    (tmp_path / "afile").write_text("x")
     with pytest.raises(UserError):
-        clean_run_dir(other)
-    assert (other / "notes.txt").exists()
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "best.pt").write_bytes(b"x")
+        clean_run_dir(tmp_path / "afile")
+
+
+def test_clean_run_dir_makes_marks_and_empties_its_own_folder(tmp_path):
+    run = tmp_path / "runs" / "demo"
+    clean_run_dir(run)                                       # missing: made, with the marker
+    assert sorted(p.name for p in run.iterdir()) == [RUN_MARKER]
+    for name in ("best.pt", "last.pt", "config.json", "metrics.jsonl", "results.json", "demo_summary.json",
+                 "loss_curves.png", "edges.png"):
+        (run / name).write_bytes(b"x")
+    (run / "explain").mkdir()
+    (run / "explain" / "s001-en-us-nyc-f5.png").write_bytes(b"png")
+    (run / "user-notes.txt").write_text("added later by the user")
     clean_run_dir(run)
-    assert not run.exists()
+    # the demo's files are gone, the marker stays, a file the demo did not write is left alone
+    assert sorted(p.name for p in run.iterdir()) == [RUN_MARKER, "user-notes.txt"]
+    # a run folder left by an older demo (no marker, only demo files and a checkpoint) is taken over
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("best.pt", "last.pt", "config.json", "metrics.jsonl", "demo_summary.json"):
+        (old / name).write_bytes(b"x")
+    (old / "explain").mkdir()
+    (old / "explain" / "a.png").write_bytes(b"png")
+    clean_run_dir(old)
+    assert sorted(p.name for p in old.iterdir()) == [RUN_MARKER]
+
+
+def test_demo_refuses_a_runs_dir_that_is_not_its_own_before_any_work(tmp_path):
+    project = _unrelated_project(tmp_path / "project")
+    before = _snapshot(project)
+    work = tmp_path / "work"
+    res = CliRunner().invoke(main, ["demo", "--workdir", str(work), "--sentences", "4",
+                                    "--set", f"demo.runs_dir=\"{project}\""])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.startswith(f"error: {project}: demo.runs_dir holds files the demo did not write")
+    assert _snapshot(project) == before
+    assert not work.exists()                                  # refused before rendering anything
+
+
+def test_demo_always_trains_a_regression():
+    from pipeline.config import PipelineConfig, with_overrides
+
+    cfg = with_overrides(PipelineConfig(), {"model.task": "binary", "train.val_metric": "Acc"})
+    dcfg = with_overrides(cfg, demo_overrides(cfg, epochs=1))
+    assert dcfg.model.task == "regression" and dcfg.train.val_metric == "MAE"
+    assert (dcfg.model.hidden_dim, dcfg.model.num_heads) == (cfg.demo.hidden_dim, cfg.demo.num_heads)
 
 
 def test_shrunk_demo_end_to_end(tmp_path):
@@ -93,3 +164,17 @@ def test_shrunk_demo_end_to_end(tmp_path):
     assert not {r["voice"] for r in test_clips} & train_voices
     assert all(r["transcript"] for r in test_clips)
     assert set(summary["timings_s"]) >= {"corpus", "extract", "train", "evaluate", "predict", "total"}
+    # no test sentence is ever trained on: the corpus and the cache the model was trained on agree
+    rows = _rows(tmp_path / "work" / "corpus-12" / "labels.csv")
+    train_ids = {r["video_id"] for r in rows if r["split"] in ("train", "valid")}
+    test_ids = {r["video_id"] for r in rows if r["split"] == "test"}
+    assert test_ids and train_ids and not test_ids & train_ids
+    train_texts = {r["text"] for r in rows if r["split"] in ("train", "valid")}
+    test_texts = {r["text"] for r in test_clips}
+    assert len(test_texts) == len(test_ids) and not test_texts & train_texts
+    by_id = {s.clip_id: s for s in dc.plan_corpus(dc.select_sentences(12), voices_per_sentence=1, fps=10.0)}
+    assert {by_id[r["clip_id"]].text for r in rows if r["split"] in ("train", "valid")} == train_texts
+    cached = _rows(tmp_path / "work" / "cache-12" / "labels.csv")
+    assert {r["clip_id"] for r in cached if r["split"] in ("train", "valid")}.isdisjoint(
+        {r["clip_id"] for r in test_clips})
+    assert (runs / RUN_MARKER).is_file()
