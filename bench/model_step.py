@@ -9,7 +9,13 @@ allocator's cache); on CPU the rise of the process's peak resident set size (ru_
 after the model and the batch were built (before the warm-up steps), i.e. what training steps add
 (activations, gradients, Adam state).
 
+Variants (--variant, repeatable; each is timed in its own rows, --set applies on top of each):
+    paper            the paper's defaults (Table 1)
+    no-attn-dropout  attn_dropout=0: on CPU SDPA then takes its fused (flash) kernel and the attention
+                     core is not recomputed in the backward pass; on CUDA the fused kernels run either way
+
     python bench/model_step.py --device auto --batch-sizes 16 64 --steps 5
+    python bench/model_step.py --device cpu --batch-sizes 4 --steps 1 --warmup 0 --variant paper no-attn-dropout
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a c
 from dhmd import DHMD, DHMDConfig  # noqa: E402
 
 SHAPES = {"text": (50, 768), "audio": (375, 5), "video": (500, 20)}
+VARIANTS = {"paper": {}, "no-attn-dropout": {"attn_dropout": 0.0}}
 
 
 def make_batch(batch: int, device: torch.device, padding: str, seed: int = 0) -> dict:
@@ -138,23 +145,31 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a DHMDConfig field from the paper default (repeatable), "
                              "e.g. --set attn_dropout=0")
+    parser.add_argument("--variant", nargs="+", choices=list(VARIANTS), default=["paper"],
+                        help="model variants to time, each in its own rows (see the module docstring)")
     args = parser.parse_args()
     overrides = parse_overrides(args.overrides)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
     devices = {"auto": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
                "cpu": ["cpu"], "cuda": ["cuda"]}[args.device]
-    rows = [run_isolated(d, b, args.steps, args.warmup, not args.no_amp, args.padding, overrides)
-            for d in devices for b in args.batch_sizes]
+    rows = []
+    for variant in args.variant:
+        for d in devices:
+            for b in args.batch_sizes:
+                row = run_isolated(d, b, args.steps, args.warmup, not args.no_amp, args.padding,
+                                   {**VARIANTS[variant], **overrides})
+                rows.append({**row, "variant": variant})
     print(f"DHMD training step, CMU-MOSI unaligned shapes (text 50x768, audio 375x5, video 500x20), "
-          f"paper defaults{' with ' + ', '.join(args.overrides) if args.overrides else ''} "
+          f"paper defaults (variants: {', '.join(args.variant)})"
+          f"{' with ' + ', '.join(args.overrides) if args.overrides else ''} "
           f"({rows[0]['params'] / 1e6:.2f} M parameters), padding={args.padding}, "
           f"{args.steps} timed steps after {args.warmup} warm-up\n")
-    print("| device | precision | batch | step ms | samples/s | peak memory MiB | memory measure |")
-    print("|---|---|---:|---:|---:|---:|---|")
+    print("| variant | device | precision | batch | step ms | samples/s | peak memory MiB | memory measure |")
+    print("|---|---|---|---:|---:|---:|---:|---|")
     for r in rows:
         dev = r["device"] + (f" ({r['threads']} threads)" if r["device"] == "cpu" else "")
-        print(f"| {dev} | {r['precision']} | {r['batch']} | {r['ms']:.0f} | {r['sps']:.1f} | "
+        print(f"| {r['variant']} | {dev} | {r['precision']} | {r['batch']} | {r['ms']:.0f} | {r['sps']:.1f} | "
               f"{r['mem']:.0f} | {r['mem_kind']} |")
     return 0
 
