@@ -58,7 +58,8 @@ class DHMDOutput:
     prediction: Tensor                                  # (B,) regression, (B, n_classes) logits otherwise
     unimodal: dict[str, Tensor]                         # "text"/"audio"/"video" -> same shape as prediction
     losses: dict[str, Tensor] = field(default_factory=dict)   # empty without labels
-    edges_homo: Tensor | None = None                    # (B, 3, 3), W[b, teacher, student], zero diagonal
+    edges_homo: Tensor | None = None                    # (B, 3, 3), W[b, teacher, student], zero diagonal,
+                                                        # the six off-diagonal entries of a sample sum to 1
     edges_hetero: Tensor | None = None
     dict_attn_homo: Tensor | None = None                # (B, 3, K), rows sum to 1
     dict_attn_hetero: Tensor | None = None
