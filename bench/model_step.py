@@ -15,7 +15,7 @@ Variants (--variant, repeatable; each is timed in its own rows, --set applies on
                      core is not recomputed in the backward pass; on CUDA the fused kernels run either way
 
     python bench/model_step.py --device auto --batch-sizes 16 64 --steps 5
-    python bench/model_step.py --device cpu --batch-sizes 4 --steps 1 --warmup 0 --variant paper no-attn-dropout
+    python bench/model_step.py --device cpu --batch-sizes 4 --steps 1 --variant paper no-attn-dropout
 """
 from __future__ import annotations
 
@@ -169,8 +169,8 @@ def main() -> int:
     print("|---|---|---|---:|---:|---:|---:|---|")
     for r in rows:
         dev = r["device"] + (f" ({r['threads']} threads)" if r["device"] == "cpu" else "")
-        print(f"| {r['variant']} | {dev} | {r['precision']} | {r['batch']} | {r['ms']:.0f} | {r['sps']:.1f} | "
-              f"{r['mem']:.0f} | {r['mem_kind']} |")
+        print(f"| {r['variant']} | {dev} | {r['precision']} | {r['batch']} | {r['ms']:.0f} | "
+              f"{r['sps']:.1f} | {r['mem']:.0f} | {r['mem_kind']} |")
     return 0
 
 

@@ -175,7 +175,7 @@ class DHMD(nn.Module):
         hetero = self._space(hetero_seqs, masks, self.head_hetero, self.gd_hetero, self.dict_hetero)
         # 4) fusion and prediction
         spaces = [s for s in (homo, hetero) if s is not None]
-        prediction = self.fusion([b for s in spaces for b in s.blocks])   # fp32: the head runs without autocast
+        prediction = self.fusion([b for s in spaces for b in s.blocks])   # fp32: head runs without autocast
         unimodal = {name: torch.stack([s.logits[m] for s in spaces]).mean(0)
                     for m, name in enumerate(MODALITIES)}
         if cfg.task == "regression":

@@ -338,7 +338,7 @@ def test_single_switch_removes_exactly_its_modules_and_losses(switch):
     hetero_dim = 2 * c if ca else c
     blocks = ([c * (2 if dm else 1)] * 3 if fd else []) + [hetero_dim * (2 if dm else 1)] * 3
     resized = {"fusion": fusion_size(blocks, out)}
-    if not ca:                                                                  # heterogeneous space is C wide
+    if not ca:                                                      # the heterogeneous space is C wide
         resized["hetero space"] = space_size(c, cfg_full, True, True)
         full_hetero = sum(n_params(children[n]) for n in ("head_hetero", "gd_hetero", "dict_hetero"))
     else:
