@@ -344,3 +344,32 @@ def test_log_levels(capsys, verbose, quiet, shown):
         root.setLevel(logging.WARNING)
     every = {"proj-debug", "proj-info", "lib-debug", "lib-info", "lib-warning", "noisy-debug"}
     assert {m for m in every if m in err} == shown
+
+
+# ----------------------------------------------------------------------------- data/samples
+
+SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
+
+
+def test_sample_labels_and_sidecars_are_read_as_documented(tmp_path):
+    from extractors.transcript import read_sidecar
+    from pipeline.labels import read_labels
+
+    rows = {r["clip_id"]: r for r in read_labels(SAMPLES / "labels.csv")}
+    assert list(rows) == ["review_01", "review_02", "review_03", "review_04"]
+    assert [rows[c]["split"] for c in rows] == ["train", "train", "valid", "test"]
+    assert rows["review_01"]["label"] == 2.4 and rows["review_04"]["text"] is None
+    assert all(-3 <= r["label"] <= 3 and r["video_id"] == c for c, r in rows.items())
+    json_tr = read_sidecar(SAMPLES / "review_01.mp4")            # no clip needed to read its sidecar
+    assert json_tr.times_source == "sidecar" and json_tr.text == rows["review_01"]["text"]
+    assert [w.text for w in json_tr.words] == "I loved this film the acting was wonderful".split()
+    assert [w.start for w in json_tr.words] == sorted(w.start for w in json_tr.words)
+    srt = read_sidecar(SAMPLES / "review_02.mp4")
+    assert srt.times_source == "sidecar" and srt.text == rows["review_02"]["text"]
+    assert srt.words[0].start == 0.0 and srt.words[-1].end == pytest.approx(2.76)
+    assert srt.words[3].text == "dull" and srt.words[3].end == pytest.approx(1.18)   # end of the first cue
+    assert read_sidecar(SAMPLES / "review_03.mp4") is None and read_sidecar(SAMPLES / "review_04.mp4") is None
+    readme = (SAMPLES / "README.md").read_text()
+    for name in ("labels.csv", "review_01.json", "review_02.srt", "dhmd-pipeline demo"):
+        assert name in readme
+    assert "*.mp4" in (SAMPLES / ".gitignore").read_text().split()          # clips made there stay out of git
