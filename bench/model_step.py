@@ -14,8 +14,14 @@ Variants (--variant, repeatable; each is timed in its own rows, --set applies on
     no-attn-dropout  attn_dropout=0: on CPU SDPA then takes its fused (flash) kernel and the attention
                      core is not recomputed in the backward pass; on CUDA the fused kernels run either way
 
+The public DMD code (mdswyz/DMD, the CVPR 2023 predecessor) is timed beside it at the same shapes with
+--dmd-repo PATH, a checkout of https://github.com/mdswyz/DMD (bench/dmd_reference.py says how its step
+is composed).  Its rows run as that code does: fp32, no masks (it only takes full-length sequences).
+
     python bench/model_step.py --device auto --batch-sizes 16 64 --steps 5
     python bench/model_step.py --device cpu --batch-sizes 4 --steps 1 --variant paper no-attn-dropout
+    git clone https://github.com/mdswyz/DMD /tmp/DMD
+    python bench/model_step.py --device cuda --batch-sizes 16 64 --padding none --dmd-repo /tmp/DMD
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -64,16 +71,12 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def measure(device_name: str, batch: int, steps: int, warmup: int, amp: bool, padding: str,
-            overrides: dict | None = None) -> dict:
-    """Time `steps` training steps after `warmup` ones; runs inside a fresh process."""
-    torch.manual_seed(0)
-    device = torch.device(device_name)
+def dhmd_step(device: torch.device, inputs: dict, use_amp: bool,
+              overrides: dict | None) -> tuple[Callable[[], None], int]:
+    """One DHMD training step (every loss of Eq. 14, backward, clipping, Adam) and the parameter count."""
     cfg = DHMDConfig(text_dim=768, audio_dim=5, video_dim=20, **(overrides or {}))
     model = DHMD(cfg).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    inputs = make_batch(batch, device, padding)
-    use_amp = amp and device.type == "cuda"
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -82,6 +85,25 @@ def measure(device_name: str, batch: int, steps: int, warmup: int, amp: bool, pa
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.6)
         opt.step()
+
+    return step, sum(p.numel() for p in model.parameters())
+
+
+def measure(device_name: str, batch: int, steps: int, warmup: int, amp: bool, padding: str,
+            overrides: dict | None = None, dmd_repo: str | None = None) -> dict:
+    """Time `steps` training steps after `warmup` ones (of DHMD, or of the public DMD code when
+    `dmd_repo` is given); runs inside a fresh process."""
+    torch.manual_seed(0)
+    device = torch.device(device_name)
+    inputs = make_batch(batch, device, padding)
+    if dmd_repo:
+        from dmd_reference import build_dmd_step
+
+        use_amp = False                       # the public code trains in fp32
+        step, params = build_dmd_step(Path(dmd_repo), device, inputs)
+    else:
+        use_amp = amp and device.type == "cuda"
+        step, params = dhmd_step(device, inputs, use_amp, overrides)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -107,8 +129,7 @@ def measure(device_name: str, batch: int, steps: int, warmup: int, amp: bool, pa
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "batch": batch, "ms": elapsed * 1000, "sps": batch / elapsed, "mem": peak, "mem_kind": mem_kind,
             "precision": "bf16 autocast" if use_amp else "fp32",
-            "threads": torch.get_num_threads(),
-            "params": sum(p.numel() for p in model.parameters())}
+            "threads": torch.get_num_threads(), "params": params}
 
 
 def _child(queue: mp.Queue, args: tuple) -> None:
@@ -147,6 +168,8 @@ def main() -> int:
                              "e.g. --set attn_dropout=0")
     parser.add_argument("--variant", nargs="+", choices=list(VARIANTS), default=["paper"],
                         help="model variants to time, each in its own rows (see the module docstring)")
+    parser.add_argument("--dmd-repo", default=None, metavar="PATH",
+                        help="a checkout of github.com/mdswyz/DMD: also time the public DMD code")
     args = parser.parse_args()
     overrides = parse_overrides(args.overrides)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -160,17 +183,22 @@ def main() -> int:
                 row = run_isolated(d, b, args.steps, args.warmup, not args.no_amp, args.padding,
                                    {**VARIANTS[variant], **overrides})
                 rows.append({**row, "variant": variant})
-    print(f"DHMD training step, CMU-MOSI unaligned shapes (text 50x768, audio 375x5, video 500x20), "
-          f"paper defaults (variants: {', '.join(args.variant)})"
-          f"{' with ' + ', '.join(args.overrides) if args.overrides else ''} "
-          f"({rows[0]['params'] / 1e6:.2f} M parameters), padding={args.padding}, "
+    if args.dmd_repo:
+        for d in devices:
+            for b in args.batch_sizes:
+                row = run_isolated(d, b, args.steps, args.warmup, False, args.padding, None, args.dmd_repo)
+                rows.append({**row, "variant": "public DMD code"})
+    print(f"Training step, CMU-MOSI unaligned shapes (text 50x768, audio 375x5, video 500x20), "
+          f"DHMD with the paper's defaults (variants: {', '.join(args.variant)})"
+          f"{' with ' + ', '.join(args.overrides) if args.overrides else ''}, padding={args.padding}, "
           f"{args.steps} timed steps after {args.warmup} warm-up\n")
-    print("| variant | device | precision | batch | step ms | samples/s | peak memory MiB | memory measure |")
-    print("|---|---|---|---:|---:|---:|---:|---|")
+    print("| variant | parameters | device | precision | batch | step ms | samples/s | peak memory MiB "
+          "| memory measure |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---|")
     for r in rows:
         dev = r["device"] + (f" ({r['threads']} threads)" if r["device"] == "cpu" else "")
-        print(f"| {r['variant']} | {dev} | {r['precision']} | {r['batch']} | {r['ms']:.0f} | "
-              f"{r['sps']:.1f} | {r['mem']:.0f} | {r['mem_kind']} |")
+        print(f"| {r['variant']} | {r['params'] / 1e6:.2f} M | {dev} | {r['precision']} | {r['batch']} | "
+              f"{r['ms']:.0f} | {r['sps']:.1f} | {r['mem']:.0f} | {r['mem_kind']} |")
     return 0
 
 
