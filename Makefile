@@ -4,10 +4,15 @@ PYTEST_ARGS ?=
 # the console script installed next to $(PYTHON) (a venv's bin/ need not be on PATH)
 DHMD = $$($(PYTHON) -c 'import sys, pathlib; print(pathlib.Path(sys.executable).parent / "dhmd-pipeline")')
 
-.PHONY: install test demo bench clean
+.PHONY: install install-pyfeat test demo bench clean
 
 install:
 	PYTHON=$(PYTHON) bash scripts/install.sh
+
+# opt-in: also the runtime of the py-feat face backend (extract.face.backend = "pyfeat"), never a
+# CUDA torch; see step 5 of scripts/install.sh (TORCHVISION_INDEX_URL)
+install-pyfeat:
+	INSTALL_PYFEAT=1 PYTHON=$(PYTHON) bash scripts/install.sh
 
 test: install
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

