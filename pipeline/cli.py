@@ -24,50 +24,13 @@ import click
 
 from pipeline.config import DEFAULT_CONFIG, MIN_DEMO_SENTENCES, ConfigError, PipelineConfig, load_config
 from pipeline.errors import NotBuiltError, UserError
+from pipeline.logs import log_levels, setup_logging
 
 log = logging.getLogger("dhmd_pipeline")
 
-PROJECT_LOGGERS = ("dhmd_pipeline", "pipeline", "extractors", "dhmd")
-# libraries that log a lot below WARNING; held at WARNING unless -vv
-NOISY_LOGGERS = ("faster_whisper", "transformers", "numba", "matplotlib", "PIL", "absl", "urllib3")
-
-
-def _is_project(name: str) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in PROJECT_LOGGERS)
-
-
-class _OthersAtLeast(logging.Filter):
-    """Passes every record of the project's loggers, and other libraries' from ``level`` up."""
-
-    def __init__(self, level: int) -> None:
-        super().__init__()
-        self.level = level
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= self.level or _is_project(record.name)
-
-
-def log_levels(verbose: int, quiet: bool) -> tuple[int, int]:
-    """``(project level, other libraries' level)`` for -v count and --quiet."""
-    if quiet:
-        return logging.WARNING, logging.WARNING
-    if verbose >= 2:
-        return logging.DEBUG, logging.DEBUG
-    return (logging.DEBUG if verbose == 1 else logging.INFO), logging.WARNING
-
-
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    """One stderr handler on the root logger (see the module docstring for the levels).
-
-    The root logger is at the project's level (worker processes take their level from it); the
-    handler's filter holds other libraries back to their level.
-    """
-    project, others = log_levels(verbose, quiet)
-    logging.basicConfig(level=project, format="%(levelname)s %(name)s: %(message)s", force=True)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_OthersAtLeast(others))
-    for noisy in NOISY_LOGGERS:
-        logging.getLogger(noisy).setLevel(logging.NOTSET if others <= logging.DEBUG else max(others, logging.WARNING))
+    """One stderr handler on the root logger at the levels of -v/--quiet (see pipeline.logs)."""
+    setup_logging(*log_levels(verbose, quiet))
 
 
 def common_options(fn: Callable) -> Callable:

@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 from pipeline.cache import entry_key, entry_path, file_hash, save_entry, write_manifest
 from pipeline.errors import UserError
+from pipeline.logs import current_levels, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -239,13 +240,11 @@ def extract_job(job: dict[str, Any], cfg: Any, models: Any) -> dict[str, Any]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(cfg_json: str, device: str, threads: int, log_level: int) -> None:
+def _init_worker(cfg_json: str, device: str, threads: int, log_levels: tuple[int, int]) -> None:
     # before torch and CTranslate2 (OpenMP) load: each worker gets its share of the cores
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(max(1, threads))
-    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s[%(process)d]: %(message)s")
-    for noisy in ("faster_whisper", "transformers", "numba", "matplotlib", "PIL", "absl", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(log_level, logging.WARNING))
+    setup_logging(*log_levels, fmt="%(levelname)s %(name)s[%(process)d]: %(message)s")
     try:
         import cv2
         import torch
@@ -361,7 +360,7 @@ def _run_pool(jobs: list[tuple[int, dict[str, Any]]], cfg: Any, device: str, wor
     from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    init_args = (cfg.model_dump_json(), device, threads, logging.getLogger().getEffectiveLevel())
+    init_args = (cfg.model_dump_json(), device, threads, current_levels())
     ctx = multiprocessing.get_context("spawn")
     pending = deque(jobs)
     suspects: deque[tuple[int, dict[str, Any]]] = deque()

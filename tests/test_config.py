@@ -327,9 +327,14 @@ def test_log_levels(capsys, verbose, quiet, shown):
 
     from pipeline.cli import _setup_logging
 
+    from pipeline.logs import current_levels, log_levels, setup_logging
+
     root = logging.getLogger()
     _setup_logging(verbose, quiet)
     try:
+        # what extraction workers are started with, and set up from, in their own processes
+        assert current_levels() == log_levels(verbose, quiet)
+        setup_logging(*current_levels())
         proj, lib, noisy = (logging.getLogger(n) for n in ("extractors.something", "somelib.module", "numba.core"))
         proj.debug("proj-debug")
         proj.info("proj-info")
