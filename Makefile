@@ -20,10 +20,13 @@ test: install
 demo: install
 	$(DHMD) demo
 
+# the commands of BENCHMARKS.md; DMD_REPO=/path/to/a/checkout/of/mdswyz/DMD also times the public DMD code
+DMD_REPO ?=
 bench: install
-	$(PYTHON) bench/model_step.py
-	$(PYTHON) bench/extract.py
-	$(PYTHON) bench/predict.py
+	$(PYTHON) bench/model_step.py --batch-sizes 16 --steps 3 --warmup 1 --padding none \
+		--variant paper no-attn-dropout $(if $(DMD_REPO),--dmd-repo $(DMD_REPO))
+	$(PYTHON) bench/extract.py --clips 8 --workers 1 2 --device auto
+	$(PYTHON) bench/predict.py --runs 5
 
 clean:
 	rm -rf data/cache/* data/runs/* data/demo/* .pytest_cache
