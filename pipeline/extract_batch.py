@@ -349,7 +349,8 @@ def _run_pool(jobs: list[tuple[int, dict[str, Any]]], cfg: Any, device: str, wor
     When a worker process dies (a crash in native code, ``os._exit``, the OOM killer),
     concurrent.futures fails every clip in flight with BrokenProcessPool, whichever process ran
     it.  Those clips are not failed: they become suspects and run again one at a time in a fresh
-    pool of one process, after :func:`_worker_ready` has shown that this process loaded its models.
+    pool of one process.  Every pool first has its processes answer :func:`_worker_ready` (models
+    loaded), so a suspect runs in a process known to work.
     A suspect that kills the process while running alone is the cause and is failed
     (:data:`WORKER_DIED`); a fresh process takes the next suspect.  Once the suspects are done, the
     remaining clips go on in a fresh pool of ``workers`` processes.  A process that dies while
@@ -373,20 +374,26 @@ def _run_pool(jobs: list[tuple[int, dict[str, Any]]], cfg: Any, device: str, wor
 
     while pending or suspects:
         solo = bool(suspects)          # find which suspect kills its process: one at a time
-        queue, limit = (suspects, 1) if solo else (pending, workers)
+        queue, limit = (suspects, 1) if solo else (pending, min(workers, len(pending)))
         pool = cf.ProcessPoolExecutor(max_workers=limit, mp_context=ctx, initializer=_init_worker,
                                       initargs=init_args)
         in_flight: dict[cf.Future, tuple[int, dict[str, Any]]] = {}
         broken = False
         try:
-            if solo:
-                try:
-                    error = pool.submit(_worker_ready).result()
-                except BrokenProcessPool:
-                    raise UserError("a worker process died while loading the extraction models (a crash in "
-                                    "native code, or out of memory); no clip can be extracted", exit_code=1) from None
-                if error:
-                    raise UserError(error, exit_code=2)
+            # every process starts and loads its models before any clip is sent.  Besides reporting a
+            # model that cannot load once, up front, this makes a later death noticed at once: the
+            # pool's manager thread watches the processes it knew when it last woke, and a process
+            # spawned on demand by submit() joins that set only at the manager's next wake-up (a
+            # result); without it, a worker dying on its first clip went unnoticed until the clip
+            # beside it was done.
+            try:
+                errors = [f.result() for f in [pool.submit(_worker_ready) for _ in range(limit)]]
+            except BrokenProcessPool:
+                raise UserError("a worker process died while loading the extraction models (a crash in "
+                                "native code, or out of memory); no clip can be extracted", exit_code=1) from None
+            error = next((e for e in errors if e), None)
+            if error:
+                raise UserError(error, exit_code=2)
             while (queue or in_flight) and not broken:
                 while queue and len(in_flight) < limit:
                     i, job = queue.popleft()

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,14 +26,26 @@ from pipeline.extract_batch import WORKER_DIED, _worker_job, run_batch
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 CRASH_STEM = "b_crash"
+FIRST_STEM = "a_ok"
 
 
 def die_on_one_clip(job: dict) -> dict:
     """A worker's job that kills its own process (as the OOM killer or a native crash would) for the
     clip named CRASH_STEM, and extracts every other clip as usual.  Runs in spawned worker processes,
-    which import it from this module by name."""
-    if Path(job["path"]).stem == CRASH_STEM:
+    which import it from this module by name.
+
+    The first time it is given FIRST_STEM it blocks (until the broken pool terminates its process),
+    so that clip is certainly in flight when the crash breaks the pool; run again later, it extracts
+    the clip.  The death must be noticed while the other clip still runs: a pool that noticed it only
+    at its next result (as a ProcessPoolExecutor does for a process it spawned after its manager
+    thread last woke) would leave this test waiting out the sleep."""
+    path = Path(job["path"])
+    if path.stem == CRASH_STEM:
         os.kill(os.getpid(), signal.SIGKILL)
+    first_try = path.parent / f".{FIRST_STEM}-tried"
+    if path.stem == FIRST_STEM and not first_try.exists():
+        first_try.touch()
+        time.sleep(600)
     return _worker_job(job)
 
 
@@ -46,7 +59,7 @@ def test_a_worker_that_dies_fails_only_its_own_clip(tmp_path, make_clip, short_c
     caplog.set_level(logging.WARNING, logger="pipeline.extract_batch")
     videos = tmp_path / "videos"
     videos.mkdir()
-    for i, name in enumerate(("a_ok", CRASH_STEM, "c_ok", "d_ok")):
+    for i, name in enumerate((FIRST_STEM, CRASH_STEM, "c_ok", "d_ok")):
         shutil.copy(make_clip("Short and sweet.", audio=False, seed=10 + i) if i else short_clip,
                     videos / f"{name}.mp4")
     out = tmp_path / "cache"
