@@ -7,9 +7,9 @@ Makes N clips (espeak-ng speech of the demo sentences over the moving face, pipe
 otherwise.  Prints one Markdown table:
 
 - stage columns: seconds summed over clips, from each entry's ``timings_s``.  Within a clip the
-  video branch (decode_frames, face) and the acoustic features run in threads beside the transcript
-  and text encoder, and for workers > 1 the sum runs over all processes, so the columns add up to
-  more than the wall time.  ``transcript`` includes loading the speech recogniser in each process (the
+  video branch (decode_frames, face) runs beside the audio branch (decode_audio, transcript, text,
+  acoustic), and for workers > 1 the sum runs over all processes, so the columns add up to more
+  than the wall time.  ``transcript`` includes loading the speech recogniser in each process (the
   first clip that needs it pays for it).
 - ``startup``: wall time not spent inside clips (imports, loading the text and face models, warm-up),
   i.e. ``wall - sum(total) / workers``.

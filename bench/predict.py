@@ -11,9 +11,8 @@ the result.  This script
    extraction sub-stages (the wall times extract_clip records in ``meta["timings_s"]``: probe,
    audio decoding, transcript/ASR, text encoder, acoustic features, frame decoding, face), the
    model (alignment + normalisation + forward) and the total.  extract_clip runs the video branch
-   (frame decoding + face) and the acoustic features in threads beside the transcript and text
-   encoder, so the branch sums add up to more than the extraction's wall time; the wall time is what
-   the user waits for.
+   (frame decoding + face) in a thread beside the audio branch, so the branch sums add up to more
+   than the extraction's wall time; the wall time is what the user waits for.
 
 The transcript comes from speech recognition (no sidecar), the slowest and most common case for a
 new clip; ``--sidecar`` instead writes ``clip.json`` with the words and times the warm-up heard, so
@@ -46,9 +45,8 @@ STAGE_NAMES = {"probe": "probe (ffprobe)", "decode_audio": "decode audio (ffmpeg
                "transcript": "transcript (ASR + word times, or sidecar)", "text": "text encoder (MiniLM)",
                "acoustic": "acoustic (librosa)", "decode_frames": "decode video frames (OpenCV)",
                "face": "face mesh + features, all frames"}
-BRANCHES = {"speech branch": ["probe", "decode_audio", "transcript", "text"],
-            "acoustic branch (a thread, once the audio is decoded)": ["acoustic"],
-            "video branch (a thread from the start)": ["decode_frames", "face"]}
+BRANCHES = {"audio branch": ["probe", "decode_audio", "transcript", "text", "acoustic"],
+            "video branch (a thread beside the audio branch)": ["decode_frames", "face"]}
 TRAIN_CLIPS = [("b_good", "What a lovely and wonderful day.", 2.4, "train"),
                ("b_bad", "This was a terrible boring film.", -2.2, "train"),
                ("b_mid", "It was an ordinary movie.", 0.2, "valid"),

@@ -26,10 +26,9 @@ worker process (see extract_batch)
 ======================================  ========  =====================================================
 
 Frames without a face are kept as zero rows with ``face_mask`` False, never dropped (dropping
-would shift time).  Three branches overlap: the video branch (frames + face) runs in a thread from
-the start, the acoustic features in another thread as soon as the audio is decoded, and the
-transcript and text encoder in the calling thread.  Per-stage wall times are kept in
-``meta["timings_s"]`` for the benchmark; because of the overlap they add up to more than ``total``.
+would shift time).  The video branch (frames + face) runs in a thread beside the audio branch
+(audio, transcript, text, acoustic).  Per-stage wall times are kept in ``meta["timings_s"]`` for
+the benchmark; because of the overlap they add up to more than ``total``.
 """
 from __future__ import annotations
 
@@ -57,7 +56,7 @@ log = logging.getLogger(__name__)
 
 FEATURE_FORMAT = 1          # bump when this module changes what an entry holds (part of the cache key)
 FLAGS = ("no_audio", "no_speech", "word_times_spread", "no_video", "no_face")
-OVERLAP_BRANCHES = True     # video and acoustic branches in threads beside the transcript (see extract_clip)
+OVERLAP_VIDEO = True        # decode frames + faces in a thread beside the audio branch (see extract_clip)
 
 
 def resolve_device(device: str) -> str:
@@ -293,19 +292,6 @@ def probe_clip(path: Path, cfg: "ExtractConfig") -> "MediaInfo":
     return info
 
 
-def _acoustic_features(audio: np.ndarray, cfg: "ExtractConfig", models: ExtractorModels,
-                       timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Acoustic frame features (Ta, Da), their times (Ta,) and names; no rows for empty audio."""
-    from extractors.acoustic import acoustic_features
-
-    with _timer(timings, "acoustic"):
-        if not audio.size:
-            names = list(models.audio_names)
-            return np.zeros((0, len(names)), np.float32), np.zeros(0, np.float32), names
-        feats, times, names = acoustic_features(audio, int(cfg.sample_rate), cfg.audio)
-        return np.nan_to_num(np.asarray(feats, dtype=np.float32)), times, names
-
-
 def _video_features(path: Path, cfg: "ExtractConfig", models: ExtractorModels,
                     timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Face features of every sampled frame, streamed: (Tv, Dv), times (Tv,), face_mask (Tv,)."""
@@ -358,6 +344,7 @@ def extract_clip(path: Path, cfg: "ExtractConfig", models: ExtractorModels, clip
     the module docstring for flags.  Raises its subclass ModelLoadError when the speech recogniser,
     loaded by the first clip that needs it, cannot be loaded (a setting, not this clip, is wrong).
     """
+    from extractors.acoustic import acoustic_features
     from extractors.decode import load_audio
     from extractors.transcript import Transcript, resolve_transcript
 
@@ -370,22 +357,20 @@ def extract_clip(path: Path, cfg: "ExtractConfig", models: ExtractorModels, clip
             info = probe_clip(path, cfg)
     sr = int(cfg.sample_rate)
 
-    # the video branch (frame decoding + face) and the acoustic features run in threads beside the
-    # transcript: OpenCV, MediaPipe, CTranslate2 and librosa's numpy work release the GIL, so the
-    # branches overlap (a 10-second clip: 2.5 s instead of 2.7 s end to end on two cores, BENCHMARKS.md)
-    video_job = acoustic_job = None
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="branch") if OVERLAP_BRANCHES else None
+    # the video branch (frame decoding + face) runs in a thread beside the audio branch: OpenCV,
+    # MediaPipe and CTranslate2 release the GIL, so on two cores the branches overlap
+    video_job = None
+    pool = None
+    if info.has_video and OVERLAP_VIDEO:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="video")
+        video_job = pool.submit(_video_features, path, cfg, models, timings)
     try:
-        if info.has_video and pool is not None:
-            video_job = pool.submit(_video_features, path, cfg, models, timings)
         audio = np.zeros(0, dtype=np.float32)
         if info.has_audio:
             with _timer(timings, "decode_audio"):
                 audio = load_audio(path, sr)
         if audio.size == 0:
             flags.append("no_audio")
-        if pool is not None:
-            acoustic_job = pool.submit(_acoustic_features, audio, cfg, models, timings)
 
         asr_calls: list[bool] = []
 
@@ -408,8 +393,13 @@ def extract_clip(path: Path, cfg: "ExtractConfig", models: ExtractorModels, clip
         with _timer(timings, "text"):
             tokens = models.text.encode(words)
 
-        a_feats, a_times, a_names = (acoustic_job.result() if acoustic_job is not None
-                                     else _acoustic_features(audio, cfg, models, timings))
+        with _timer(timings, "acoustic"):
+            if audio.size:
+                a_feats, a_times, a_names = acoustic_features(audio, sr, cfg.audio)
+                a_feats = np.nan_to_num(np.asarray(a_feats, dtype=np.float32))
+            else:
+                a_names = list(models.audio_names)
+                a_feats, a_times = np.zeros((0, len(a_names)), np.float32), np.zeros(0, np.float32)
         del audio
 
         if info.has_video:
@@ -425,7 +415,9 @@ def extract_clip(path: Path, cfg: "ExtractConfig", models: ExtractorModels, clip
             v_times, face_mask = np.zeros(0, np.float32), np.zeros(0, bool)
     finally:
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)   # never leave an extractor busy in a thread
+            if video_job is not None and not video_job.done():
+                video_job.cancel()
+            pool.shutdown(wait=True)      # never leave the face extractor busy in a thread
     timings["total"] = time.perf_counter() - t_start
 
     spec = models.spec()
