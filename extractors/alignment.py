@@ -8,6 +8,8 @@ paper's aligned setting uses is computed from the same arrays here, at load time
    reference tools, a word shorter than one frame period (no frame time inside it) is never NaN: it
    takes the frame nearest to the word's midpoint.  The same holds for a word that lies before the
    first or after the last frame, and a modality with no frames at all gives zeros.
+   :func:`word_frames` also says which words hold data, and can limit how far that nearest frame
+   may be (the training data's aligned view takes it only within one frame period).
 2. :func:`to_tokens` copies each word's vector to every subword token of that word; special tokens
    ([CLS], [SEP], padding; word index -1) get zeros.  The result has the text's token length.
 
@@ -52,6 +54,18 @@ def word_average(frames: np.ndarray, frame_times: np.ndarray, word_start: np.nda
     Returns:
         ``(Nw, D)`` float32, never NaN.  With no frames (``T == 0``) every row is zeros.
     """
+    return word_frames(frames, frame_times, word_start, word_end, frame_period)[0]
+
+
+def word_frames(frames: np.ndarray, frame_times: np.ndarray, word_start: np.ndarray, word_end: np.ndarray,
+                frame_period: float, max_distance: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`word_average` and which words hold data: ``((Nw, D) float32, (Nw,) bool)``.
+
+    A word holds data when a frame time lies inside it, or when the frame nearest to its midpoint is
+    at most ``max_distance`` seconds away (a word shorter than a frame takes its neighbour; with
+    ``max_distance = frame_period`` a word spoken while, say, no face was visible does not borrow a
+    frame from seconds away).  Words without data get zero vectors.
+    """
     if not (np.isfinite(frame_period) and frame_period > 0):
         raise ValueError(f"frame_period must be a positive number of seconds, got {frame_period!r}")
     frames, times = _as_frames(frames, frame_times)
@@ -62,7 +76,7 @@ def word_average(frames: np.ndarray, frame_times: np.ndarray, word_start: np.nda
     end = np.maximum(end, start)
     n_words, dim = start.shape[0], frames.shape[1]
     if frames.shape[0] == 0 or n_words == 0:
-        return np.zeros((n_words, dim), dtype=np.float32)
+        return np.zeros((n_words, dim), dtype=np.float32), np.zeros(n_words, dtype=bool)
 
     # frames lo..hi-1 have start <= t < end; a prefix sum gives every word's sum in O(T + Nw)
     lo = np.searchsorted(times, start, side="left")
@@ -71,14 +85,18 @@ def word_average(frames: np.ndarray, frame_times: np.ndarray, word_start: np.nda
     csum = np.concatenate([np.zeros((1, dim)), np.cumsum(frames, axis=0)], axis=0)
     out = (csum[hi] - csum[lo]) / np.maximum(count, 1)[:, None]
 
-    empty = count == 0
+    has = count > 0
+    empty = ~has
     if np.any(empty):
         mid = 0.5 * (start[empty] + end[empty])
         right = np.clip(np.searchsorted(times, mid, side="left"), 0, times.size - 1)
         left = np.clip(right - 1, 0, times.size - 1)
-        nearest = np.where(np.abs(mid - times[left]) <= np.abs(times[right] - mid), left, right)
-        out[empty] = frames[nearest]
-    return out.astype(np.float32)
+        to_left, to_right = np.abs(mid - times[left]), np.abs(times[right] - mid)
+        nearest = np.where(to_left <= to_right, left, right)
+        close = np.minimum(to_left, to_right) <= max_distance * (1 + 1e-6)
+        out[empty] = np.where(close[:, None], frames[nearest], 0.0)
+        has[empty] = close
+    return out.astype(np.float32), has
 
 
 def to_tokens(word_vectors: np.ndarray, token_word_index: np.ndarray) -> np.ndarray:

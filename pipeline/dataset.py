@@ -107,38 +107,13 @@ def sample_from_clip(clip: "ClipFeatures", align_mode: str) -> dict[str, np.ndar
     return sample
 
 
-def word_has_frames(frame_times: np.ndarray, word_start: np.ndarray, word_end: np.ndarray,
-                    frame_period: float) -> np.ndarray:
-    """(Nw,) bool: whether a word has data among frames at ``frame_times`` (any order).
-
-    True when a frame time lies in the word's ``[start, end)`` (``end < start`` read as empty at
-    ``start``, as :func:`extractors.alignment.word_average` reads it), or when the frame nearest to the
-    word's midpoint is at most ``frame_period`` away from it.  So a word shorter than a frame still
-    takes its neighbouring frame, but a word spoken while, say, no face was visible does not borrow a
-    frame from seconds away.
-    """
-    times = np.sort(np.asarray(frame_times, dtype=np.float64).reshape(-1))
-    start = np.nan_to_num(np.asarray(word_start, dtype=np.float64).reshape(-1))
-    end = np.maximum(np.nan_to_num(np.asarray(word_end, dtype=np.float64).reshape(-1)), start)
-    if times.size == 0:
-        return np.zeros(start.shape[0], dtype=bool)
-    inside = np.searchsorted(times, end, side="left") > np.searchsorted(times, start, side="left")
-    mid = 0.5 * (start + end)
-    right = np.clip(np.searchsorted(times, mid, side="left"), 0, times.size - 1)
-    left = np.clip(right - 1, 0, times.size - 1)
-    nearest = np.minimum(np.abs(mid - times[left]), np.abs(times[right] - mid))
-    return inside | (nearest <= frame_period * (1 + 1e-6))
-
-
 def _align_modality(frames: np.ndarray, times: np.ndarray, word_start: np.ndarray, word_end: np.ndarray,
                     token_word_index: np.ndarray, period: float, text_mask: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
     """The word-aligned ``(Nt, D)`` view of one modality and its ``(Nt,)`` valid mask (see the module doc)."""
-    from extractors.alignment import to_tokens, word_average
+    from extractors.alignment import to_tokens, word_frames
 
-    vectors = word_average(frames, times, word_start, word_end, period)
-    has = word_has_frames(times, word_start, word_end, period)
-    vectors[~has] = 0.0
+    vectors, has = word_frames(frames, times, word_start, word_end, period, max_distance=period)
     tokens = to_tokens(vectors, token_word_index)
     real = token_word_index >= 0
     valid = np.zeros(token_word_index.shape[0], dtype=bool)

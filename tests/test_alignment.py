@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from extractors.alignment import align_to_tokens, to_tokens, word_average
+from extractors.alignment import align_to_tokens, to_tokens, word_average, word_frames
 
 PERIOD = 0.1
 
@@ -123,3 +123,21 @@ def test_align_to_tokens_has_token_length():
     # the empty-text case: [CLS] [SEP] only, no words
     out = align_to_tokens(frames, times, np.zeros(0), np.zeros(0), np.array([-1, -1]), PERIOD)
     assert out.shape == (2, 4) and not out.any()
+
+
+def test_word_frames_says_which_words_hold_data_within_a_distance():
+    frames = np.array([[1.0], [2.0], [3.0], [4.0]], np.float32)
+    times = np.array([0.0, 0.1, 0.2, 0.9])
+    start = np.array([0.05, 0.12, 0.4, 0.95, 1.2, 0.5])
+    end = np.array([0.15, 0.13, 0.8, 1.0, 1.3, 0.45])      # the last one reversed: empty at 0.5
+    # a frame inside; midpoint 0.025 s from a frame; none within 0.1 s of 0.6; 0.075 s after the last
+    # frame; 0.35 s after it; an empty word at 0.5, 0.3 s from the frame at 0.2
+    vectors, has = word_frames(frames, times, start, end, PERIOD, max_distance=PERIOD)
+    assert has.tolist() == [True, True, False, True, False, False]
+    assert vectors[:, 0].tolist() == [2.0, 2.0, 0.0, 4.0, 0.0, 0.0]
+    # without a limit every word takes its nearest frame, exactly as word_average does
+    vectors, has = word_frames(frames, times, start, end, PERIOD)
+    assert has.all()
+    np.testing.assert_array_equal(vectors, word_average(frames, times, start, end, PERIOD))
+    vectors, has = word_frames(np.zeros((0, 1), np.float32), np.zeros(0), start, end, PERIOD)
+    assert not has.any() and not vectors.any()

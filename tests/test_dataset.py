@@ -140,18 +140,6 @@ def test_aligned_words_take_a_face_frame_only_from_within_one_frame_period() -> 
     assert s["audio_mask"].all() and s["video_mask"].all()
 
 
-def test_word_has_frames_rule() -> None:
-    from pipeline.dataset import word_has_frames
-
-    times = np.array([0.0, 0.1, 0.2, 0.9])
-    start = np.array([0.05, 0.12, 0.4, 0.95, 1.2, 0.5])
-    end = np.array([0.15, 0.13, 0.8, 1.0, 1.3, 0.45])      # the last one reversed: empty at 0.5
-    # a frame inside; midpoint 0.02 s from a frame; none within 0.1 s of 0.6; 0.075 s after the last
-    # frame; 0.35 s after it; an empty word at 0.5, 0.3 s from the frame at 0.2
-    assert word_has_frames(times, start, end, 0.1).tolist() == [True, True, False, True, False, False]
-    assert not word_has_frames(np.zeros(0), start, end, 0.1).any()
-
-
 def test_aligned_normaliser_fits_only_tokens_with_data_and_keeps_the_rest_zero() -> None:
     s = sample_from_clip(_aligned_clip(), "aligned")
     norm = Normalizer.fit([s])
