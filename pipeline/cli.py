@@ -128,13 +128,14 @@ def extract(cfg: PipelineConfig, videos_dir: Path, out: Path | None, labels: Pat
 def train(cfg: PipelineConfig, data: Path | None, out: Path | None, preset: str | None,
           resume: Path | None, seeds: str | None) -> int:
     """Train DHMD on extracted features or an MMSA pickle."""
+    params = click.get_current_context().params
     if preset:   # the preset sits between the settings file and --set, so --set values win
         from pipeline.presets import preset_overrides
 
-        params = click.get_current_context().params
         cfg = load_config(params["config_path"], params["overrides"], preset=preset_overrides(preset))
     run = _stage("pipeline.train", "run_train", "train")
-    return run(cfg, data=data, out=out, preset=preset, resume=resume, seeds=seeds)
+    set_keys = [o.split("=", 1)[0].strip() for o in params["overrides"] or ()]
+    return run(cfg, data=data, out=out, preset=preset, resume=resume, seeds=seeds, set_keys=set_keys)
 
 
 @main.command()

@@ -204,16 +204,6 @@ def ignored_settings(given: dict[str, Any], run: dict[str, Any], keys: list[str]
             if k not in ("train.out", "train.data") and flat_given.get(k) != flat_run.get(k)]
 
 
-def _cli_overrides() -> list[str] | None:
-    """The dotted keys of the running CLI command's ``--set`` options; None outside the CLI."""
-    import click
-
-    ctx = click.get_current_context(silent=True)
-    if ctx is None or "overrides" not in ctx.params:
-        return None
-    return [a.split("=", 1)[0].strip() for a in ctx.params["overrides"] or ()]
-
-
 def resolve_for_data(cfg: "PipelineConfig", bundle: "DataBundle") -> "PipelineConfig":
     """The run's settings made true to the data: its alignment and, for a cache, its extraction."""
     update: dict[str, Any] = {"align": cfg.align.model_copy(update={"mode": bundle.align_mode})}
@@ -532,7 +522,7 @@ def _train_seeds(cfg: "PipelineConfig", bundle: "DataBundle", out: Path, seeds: 
     return 0
 
 
-def _resume(run_dir: Path, given: "PipelineConfig | None" = None) -> int:
+def _resume(run_dir: Path, given: "PipelineConfig | None" = None, set_keys: list[str] | None = None) -> int:
     from pipeline.config import PipelineConfig
 
     cfg_path = run_dir / "config.json"
@@ -544,7 +534,7 @@ def _resume(run_dir: Path, given: "PipelineConfig | None" = None) -> int:
     except ValueError as e:
         raise UserError(f"{cfg_path}: unreadable run settings ({str(e).splitlines()[0]})", exit_code=2) from None
     if given is not None:
-        ignored = ignored_settings(given.model_dump(mode="json"), raw, _cli_overrides())
+        ignored = ignored_settings(given.model_dump(mode="json"), raw, set_keys)
         if ignored:
             log.warning("--resume continues %s with its own settings (%s); these settings given now differ "
                         "and are ignored: %s", run_dir, cfg_path.name, "; ".join(ignored))
@@ -568,17 +558,19 @@ def _resume(run_dir: Path, given: "PipelineConfig | None" = None) -> int:
 
 
 def run_train(cfg: "PipelineConfig", data: Path | None = None, out: Path | None = None,
-              preset: str | None = None, resume: Path | None = None, seeds: str | None = None) -> int:
+              preset: str | None = None, resume: Path | None = None, seeds: str | None = None,
+              set_keys: list[str] | None = None) -> int:
     """The ``train`` command.  ``cfg`` already holds the preset (the CLI folds ``--preset`` in between
     the settings file and ``--set``; use :func:`pipeline.presets.apply_preset` when calling this
-    directly); ``preset`` is only recorded.  ``resume`` continues a run folder with its own settings
-    (those of ``cfg`` that differ are logged as ignored: the ``--set`` keys under the CLI, else all)."""
+    directly); ``preset`` is only recorded.  ``resume`` continues a run folder with its own settings;
+    those of ``cfg`` that differ are logged as ignored: the ``set_keys`` (the CLI's ``--set`` keys)
+    when given, else every setting."""
     from pipeline.config import with_overrides
 
     if resume is not None:
         if data is not None or out is not None or seeds is not None:
             log.warning("--resume uses the run's own settings; --data/--out/--seeds are ignored")
-        return _resume(Path(resume), cfg)
+        return _resume(Path(resume), cfg, set_keys)
     seed_list = parse_seeds(seeds)
     out_dir = Path(out) if out else (Path(cfg.train.out) if cfg.train.out else default_run_dir())
     overrides: dict[str, Any] = {"train.out": str(out_dir)}
