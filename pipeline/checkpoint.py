@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.cache import atomic_write_bytes
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from dhmd import DHMD
@@ -50,15 +50,6 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def _cause(e: BaseException, limit: int = 160) -> str:
-    """One short line describing an exception: its type and the first line of its message."""
-    text = str(e).strip()
-    first = text.splitlines()[0].strip() if text else ""
-    if len(first) > limit:
-        first = first[:limit - 3].rstrip() + "..."
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
-
-
 def load_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; UserError (exit 2) naming the file and the cause
     in one line when it is missing or cannot be read as a checkpoint (whatever torch's loader raises:
@@ -71,7 +62,7 @@ def load_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any loader failure means "not a checkpoint we can read"
-        raise UserError(f"{path}: not a readable dhmd-pipeline checkpoint ({_cause(e)})", exit_code=2) from None
+        raise UserError(f"{path}: not a readable dhmd-pipeline checkpoint ({one_line(e)})", exit_code=2) from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
         have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UserError(f"{path}: not a dhmd-pipeline checkpoint (needs {', '.join(REQUIRED_KEYS)}; has {have})",

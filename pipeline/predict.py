@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from pipeline.dataset import SENTIMENT_CLASSES, score_class, spec_difference_text
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.cache import ClipFeatures
@@ -320,9 +320,7 @@ class Predictor:
             return self._failed(path, str(e), times, t0)
         except (MemoryError, Exception) as e:   # noqa: BLE001 - one clip's failure must not stop the others
             log.debug("%s: %s failed", path, stage, exc_info=True)
-            cause = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            return self._failed(path, f"{path}: {stage} failed: {type(e).__name__}"
-                                      f"{': ' + cause if cause else ''}", times, t0)
+            return self._failed(path, f"{path}: {stage} failed: {one_line(e)}", times, t0)
         times.total_s = time.perf_counter() - t0
         result["time_s"] = round(times.total_s, 3)
         self.last_times.append(times)
