@@ -15,8 +15,9 @@ with the CMU-MOSI settings of its ``config/config.json`` (C=50, 10 heads, 4 laye
 dropouts, causal attention mask on) and of its ``run.py`` (GD sizes 64/32, priors, gd_reg 10).  Text
 enters as (B, 50, 768) BERT features (``use_bert=False``), as in our benchmark, so neither side runs BERT.
 
-Two adaptations, needed to run that code at all, neither of which changes its cost: where no GPU exists,
-``Tensor.cuda`` is made a no-op (the code calls ``.cuda()`` unconditionally); and its orthogonality loss,
+Two adaptations, needed to run that code at all, neither of which changes its cost: when it is timed on
+the CPU, ``Tensor.cuda`` is made a no-op in that benchmark process (the code calls ``.cuda()``
+unconditionally); and its orthogonality loss,
 ``CosineEmbeddingLoss`` on 3-D (T, B, C) tensors, raises on current PyTorch ("1D target tensor expects 2D
 input tensors"), so it is computed as the same hinge on cosine similarity along dim 1 that older PyTorch
 computed for such tensors.  DMD's model needs every sample at the full fixed length (50/375/500): it has
