@@ -22,7 +22,7 @@ import numpy as np
 
 from extractors.packaged_models import builtin_model, builtin_versions, model_load_error, package_version
 from extractors.errors import ExtractionError, ModelLoadError
-from extractors.transcript import Word, clean_word, retime_collapsed_words, sanitize_words, voiced_mask
+from extractors.words import Word, clean_word, retime_collapsed_words, sanitize_words, voiced_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import AsrConfig

@@ -27,7 +27,7 @@ import numpy as np
 
 from extractors.packaged_models import builtin_model, builtin_versions, model_load_error, package_version
 from extractors.errors import ModelLoadError
-from extractors.transcript import clean_word
+from extractors.words import clean_word
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import TextConfig
