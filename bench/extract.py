@@ -1,6 +1,6 @@
 """Benchmark ``dhmd-pipeline extract``: per-stage time and the real-time factor for a batch of clips.
 
-Makes N clips (espeak-ng speech of the demo sentences over the moving face, pipeline.synth; about
+Makes N clips (espeak-ng speech of the demo sentences over the moving face, pipeline.demo.synth; about
 3-5 s each; reused between runs from --workdir), then for each --workers value runs the real command
 ``dhmd-pipeline extract`` in a fresh process on an empty cache folder, with the offline defaults
 (ASR transcript, MiniLM text encoder, MediaPipe face, librosa acoustic features) unless --set says
@@ -42,8 +42,8 @@ STAGES = ("probe", "decode_audio", "transcript", "text", "acoustic", "decode_fra
 
 def make_clips(folder: Path, n: int) -> list[Path]:
     """``n`` clips of 3-5 s (demo sentences of 8-14 words), made once and reused."""
-    from pipeline.demo_corpus import SENTENCES
-    from pipeline.synth import make_clip
+    from pipeline.demo.corpus import SENTENCES
+    from pipeline.demo.synth import make_clip
 
     folder.mkdir(parents=True, exist_ok=True)
     chosen = [s for s in SENTENCES if 8 <= len(s.text.split()) <= 14][:n]
@@ -114,7 +114,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     args = ap.parse_args()
 
-    from pipeline.extract_stage import resolve_device
+    from pipeline.extract.clip import resolve_device
 
     device = resolve_device(args.device)
     videos = make_clips(args.workdir / "videos", args.clips)

@@ -3,10 +3,10 @@
 The target (issue): on CPU, with the model loaded, a 10-second clip takes at most 3 s from the mp4 to
 the result.  This script
 
-1. makes a ~10 s clip with :func:`pipeline.synth.make_clip` (a long espeak-ng sentence over the face),
+1. makes a ~10 s clip with :func:`pipeline.demo.synth.make_clip` (a long espeak-ng sentence over the face),
 2. uses ``--checkpoint`` or trains a throw-away one (4 short clips, the paper's default model size,
    one epoch: the model's weights do not change its speed),
-3. loads :class:`pipeline.predict.Predictor` once, predicts the clip once to warm up (JIT, caches),
+3. loads :class:`pipeline.inference.predict.Predictor` once, predicts the clip once to warm up (JIT, caches),
 4. predicts it ``--runs`` more times and prints a Markdown table of the seconds per stage: the
    extraction sub-stages (the wall times extract_clip records in ``meta["timings_s"]``: probe,
    audio decoding, transcript/ASR, text encoder, acoustic features, frame decoding, face), the
@@ -66,7 +66,7 @@ def _cli(*args: str) -> None:
 
 def train_throwaway(work: Path) -> Path:
     """A checkpoint of the default model size trained for one epoch on four short clips."""
-    from pipeline.synth import make_clip
+    from pipeline.demo.synth import make_clip
 
     videos = work / "train_videos"
     videos.mkdir(parents=True, exist_ok=True)
@@ -102,8 +102,8 @@ def main() -> None:
     parser.add_argument("--explain", action="store_true", help="also time the explanation PNG")
     args = parser.parse_args()
 
-    from pipeline.predict import Predictor
-    from pipeline.synth import make_clip
+    from pipeline.inference.predict import Predictor
+    from pipeline.demo.synth import make_clip
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)

@@ -1,7 +1,7 @@
 """The ``dhmd-pipeline`` command line: parses arguments, builds the config once, calls a stage.
 
-Each subcommand's work lives in its own module (``pipeline.extract_stage``, ``pipeline.train``, ...);
-this file only wires options to those functions and turns errors into exit statuses:
+Each subcommand's work lives in its stage package (``pipeline.extract.batch``, ``pipeline.training.train``,
+...); this file only wires options to those functions and turns errors into exit statuses:
 0 success, 1 runtime failure, 2 usage or config error, 3 some inputs failed.
 
 Logging: the project's own loggers (``dhmd_pipeline``, ``pipeline.*``, ``extractors.*``, ``dhmd.*``)
@@ -110,7 +110,7 @@ def main() -> None:
 def extract(cfg: PipelineConfig, videos_dir: Path, out: Path | None, labels: Path | None,
             workers: int | None) -> int:
     """Extract transcript, text, face and acoustic features from every clip in VIDEOS_DIR."""
-    run = _stage("pipeline.extract_stage", "run_extract", "extract")
+    run = _stage("pipeline.extract.batch", "run_extract", "extract")
     return run(cfg, videos_dir=videos_dir, out=out, labels=labels, workers=workers)
 
 
@@ -130,10 +130,10 @@ def train(cfg: PipelineConfig, data: Path | None, out: Path | None, preset: str 
     """Train DHMD on extracted features or an MMSA pickle."""
     params = click.get_current_context().params
     if preset:   # the preset sits between the settings file and --set, so --set values win
-        from pipeline.presets import preset_overrides
+        from pipeline.training.presets import preset_overrides
 
         cfg = load_config(params["config_path"], params["overrides"], preset=preset_overrides(preset))
-    run = _stage("pipeline.train", "run_train", "train")
+    run = _stage("pipeline.training.train", "run_train", "train")
     set_keys = [o.split("=", 1)[0].strip() for o in params["overrides"] or ()]
     return run(cfg, data=data, out=out, preset=preset, resume=resume, seeds=seeds, set_keys=set_keys)
 
@@ -148,7 +148,7 @@ def train(cfg: PipelineConfig, data: Path | None, out: Path | None, preset: str 
 @common_options
 def evaluate(cfg: PipelineConfig, checkpoint: Path, data: Path | None, split: str, as_json: bool) -> int:
     """Evaluate a checkpoint on a data split and print its metrics."""
-    run = _stage("pipeline.evaluate", "run_evaluate", "evaluate")
+    run = _stage("pipeline.training.evaluate", "run_evaluate", "evaluate")
     return run(cfg, checkpoint=checkpoint, data=data, split=split, as_json=as_json)
 
 
@@ -164,7 +164,7 @@ def evaluate(cfg: PipelineConfig, checkpoint: Path, data: Path | None, split: st
 def predict(cfg: PipelineConfig, clips: tuple[Path, ...], checkpoint: Path | None, as_json: bool,
             explain_dir: Path | None) -> int:
     """Predict sentiment for one or more clips, with explanations."""
-    run = _stage("pipeline.predict", "run_predict", "predict")
+    run = _stage("pipeline.inference.predict", "run_predict", "predict")
     return run(cfg, clips=list(clips), checkpoint=checkpoint, as_json=as_json, explain_dir=explain_dir)
 
 
@@ -176,7 +176,7 @@ def predict(cfg: PipelineConfig, clips: tuple[Path, ...], checkpoint: Path | Non
 @common_options
 def export(cfg: PipelineConfig, data: Path | None, fmt: str, out: Path) -> int:
     """Write extracted features in the MMSA pickle layout."""
-    run = _stage("pipeline.export", "run_export", "export")
+    run = _stage("pipeline.training.export", "run_export", "export")
     return run(cfg, data=data, fmt=fmt, out=out)
 
 
@@ -190,7 +190,7 @@ def export(cfg: PipelineConfig, data: Path | None, fmt: str, out: Path) -> int:
 @common_options
 def demo(cfg: PipelineConfig, workdir: Path | None, sentences: int | None, epochs: int | None) -> int:
     """Build an offline labelled corpus, then extract -> train -> evaluate -> predict."""
-    run = _stage("pipeline.demo", "run_demo", "demo")
+    run = _stage("pipeline.demo.run", "run_demo", "demo")
     return run(cfg, workdir=workdir, sentences=sentences, epochs=epochs)
 
 

@@ -370,7 +370,7 @@ def apply_override(raw: dict, assignment: str) -> str:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 preset: dict[str, Any] | None = None) -> PipelineConfig:
     """Read ``path`` (default: the repository's pipeline.toml), apply ``preset`` (dotted keys ->
-    values, e.g. ``pipeline.presets.PRESETS["mosi"]``), then the ``--set`` overrides, which win; validate."""
+    values, e.g. ``pipeline.training.presets.PRESETS["mosi"]``), then the ``--set`` overrides, which win; validate."""
     path = Path(path) if path else DEFAULT_CONFIG
     raw: dict = {}
     if path.exists():

@@ -21,8 +21,8 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def make_clip(media_dir: Path) -> Callable[..., Path]:
-    """Make (once per session and parameter set) an mp4 with pipeline.synth.make_clip."""
-    from pipeline.synth import make_clip as _make
+    """Make (once per session and parameter set) an mp4 with pipeline.demo.synth.make_clip."""
+    from pipeline.demo.synth import make_clip as _make
 
     def factory(text: str = SENTENCE, name: str | None = None, **kw) -> Path:
         key = hashlib.sha1(repr((text, sorted(kw.items()))).encode()).hexdigest()[:10]

@@ -291,7 +291,7 @@ def _logging_run(*extra: str, checkpoint: str = "bogus.pt", tmp_path: Path) -> "
 def test_quiet_hides_info_and_v_shows_debug(tmp_path):
     plain = _logging_run(tmp_path=tmp_path)
     assert plain.exit_code == 2
-    assert "INFO pipeline.predict: checkpoint" in plain.stderr and "DEBUG" not in plain.stderr
+    assert "INFO pipeline.inference.predict: checkpoint" in plain.stderr and "DEBUG" not in plain.stderr
     assert "not a readable dhmd-pipeline checkpoint" in plain.stderr
     quiet = _logging_run("--quiet", tmp_path=tmp_path)
     assert quiet.exit_code == 2
@@ -300,7 +300,7 @@ def test_quiet_hides_info_and_v_shows_debug(tmp_path):
     verbose = _logging_run("-v", "--set", "predict.top_atoms=3", tmp_path=tmp_path)
     assert verbose.exit_code == 2
     assert "DEBUG dhmd_pipeline: settings: " in verbose.stderr and "--set predict.top_atoms=3" in verbose.stderr
-    assert "INFO pipeline.predict: checkpoint" in verbose.stderr
+    assert "INFO pipeline.inference.predict: checkpoint" in verbose.stderr
 
 
 def test_debug_shows_the_traceback_of_a_user_error_with_the_same_exit_status(tmp_path):
@@ -358,7 +358,7 @@ SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 
 def test_sample_labels_and_sidecars_are_read_as_documented(tmp_path):
     from extractors.transcript import read_sidecar
-    from pipeline.labels import read_labels
+    from pipeline.extract.labels import read_labels
 
     rows = {r["clip_id"]: r for r in read_labels(SAMPLES / "labels.csv")}
     assert list(rows) == ["review_01", "review_02", "review_03", "review_04"]

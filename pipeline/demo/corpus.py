@@ -5,7 +5,7 @@ is split *by sentence* (a sentence is in exactly one of train/valid/test), and t
 spoken only in voices that no training or validation clip uses, so the demo's test figures measure
 recognition of new sentences in a new voice.  Prosody follows the label a little (positive speech a
 bit faster and higher, negative slower and lower, as real speakers' tends to be) and the face smiles
-or frowns with the label (:func:`pipeline.synth.expressive_face`).
+or frowns with the label (:func:`pipeline.demo.synth.expressive_face`).
 
 :func:`build_corpus` renders the clips into a folder with a ``labels.csv`` in the format of
 ``dhmd-pipeline extract --labels`` (clip_id,label,text,split,video_id).  It is idempotent: a clip
@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from pipeline.cache import atomic_write_text
+from pipeline.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ def labels_csv(specs: Iterable[ClipSpec], with_text: Iterable[str] = ("train", "
 
 def _render(spec: ClipSpec, out_dir: Path) -> str:
     """Render one clip to ``out_dir/<clip_id>.mp4`` through a temporary name (worker process)."""
-    from pipeline.synth import make_clip
+    from pipeline.demo.synth import make_clip
 
     final = out_dir / f"{spec.clip_id}.mp4"
     tmp = out_dir / f".{spec.clip_id}.{os.getpid()}.part"

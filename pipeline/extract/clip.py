@@ -2,8 +2,8 @@
 
 :class:`ExtractorModels` loads every model once (text encoder, face extractor; the speech recogniser
 lazily, only when a clip needs ASR) and :func:`extract_clip` turns one video file into the
-unaligned :class:`~pipeline.cache.ClipFeatures` of a cache entry.  Both are free of CLI concerns:
-``extract`` runs them over a folder (:mod:`pipeline.extract_batch`), ``predict`` on single clips
+unaligned :class:`~pipeline.extract.cache.ClipFeatures` of a cache entry.  Both are free of CLI concerns:
+``extract`` runs them over a folder (:mod:`pipeline.extract.batch`), ``predict`` on single clips
 with the settings stored in a checkpoint.
 
 What a clip becomes (documented outcome, also in the manifest's ``status``/``flags``):
@@ -22,7 +22,7 @@ missing, empty, unreadable, not a       failed    nothing; the manifest's ``erro
 regular file, not media, a still
 image, corrupt, longer than
 extract.max_duration_s, killing its
-worker process (see extract_batch)
+worker process (see pipeline.extract.pool)
 ======================================  ========  =====================================================
 
 Frames without a face are kept as zero rows with ``face_mask`` False, never dropped (dropping
@@ -45,12 +45,12 @@ import numpy as np
 
 from extractors.errors import ExtractionError, ModelLoadError
 from extractors.packaged_models import package_version
-from pipeline.cache import ClipFeatures, file_hash, settings_hash
+from pipeline.extract.cache import ClipFeatures, file_hash, settings_hash
 
 if TYPE_CHECKING:  # pragma: no cover
     from extractors.asr import SpeechRecognizer
     from extractors.decode import MediaInfo
-    from pipeline.config import ExtractConfig, PipelineConfig
+    from pipeline.config import ExtractConfig
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class ExtractorModels:
     ``face`` (:class:`extractors.face.FaceExtractor`), ``audio_names`` (acoustic feature names).
     :meth:`recognizer` loads the speech recogniser on first use; a load failure is remembered and
     raised again for every clip that needs it (the batch stops at the first: see
-    :func:`pipeline.extract_batch.extract_job`).
+    :func:`pipeline.extract.jobs.extract_job`).
     """
 
     def __init__(self, cfg: "ExtractConfig", device: str, text: Any, face: Any, audio_names: list[str]):
@@ -443,11 +443,3 @@ def extract_clip(path: Path, cfg: "ExtractConfig", models: ExtractorModels, clip
         audio_features=a_feats, audio_times=np.asarray(a_times, dtype=np.float32),
         video_features=v_feats, video_times=v_times, face_mask=face_mask,
         audio_names=list(a_names), video_names=models.video_names, flags=flags, meta=meta)
-
-
-def run_extract(cfg: "PipelineConfig", videos_dir: Path, out: Path | None, labels: Path | None,
-                workers: int | None) -> int:
-    """The ``extract`` command: every clip under ``videos_dir`` into the cache; 0 ok, 3 some failed."""
-    from pipeline.extract_batch import run_batch
-
-    return run_batch(cfg, videos_dir=videos_dir, out=out, labels=labels, workers=workers)

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.cache import atomic_write_text
+from pipeline.files import atomic_write_text
 from pipeline.errors import UserError
 
 LABEL_COLUMNS = ("clip_id", "label", "text", "split", "video_id")

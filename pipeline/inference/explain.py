@@ -12,7 +12,7 @@
   smile, AU15 lip-corner depressor, AU04 brow lowerer, AU06 cheek raiser, AU25/26 lips apart/jaw
   drop) with the frames where no face was found shaded.
 
-It draws from the unaligned cache entry (:class:`pipeline.cache.ClipFeatures`) so every trace is
+It draws from the unaligned cache entry (:class:`pipeline.extract.cache.ClipFeatures`) so every trace is
 at its own rate and in its own units, not the normalised model input.  Matplotlib runs with the
 non-interactive Agg backend; the file appears atomically.
 """
@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cache import ClipFeatures, atomic_write_bytes
+from pipeline.extract.cache import ClipFeatures
+from pipeline.files import atomic_write_bytes
 
 MODALITY_LABELS = ("text", "audio", "video")
 # action units worth showing, in order of preference, with a short reading

@@ -58,11 +58,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from pipeline.dataset import SENTIMENT_CLASSES, score_class, spec_difference_text
+from pipeline.training.dataset import SENTIMENT_CLASSES, score_class, spec_difference_text
 from pipeline.errors import UserError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.cache import ClipFeatures
+    from pipeline.extract.cache import ClipFeatures
     from pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -152,8 +152,8 @@ class Predictor:
     """
 
     def __init__(self, checkpoint: Path, device: str = "auto", top_atoms: int = 5) -> None:
-        from pipeline.checkpoint import load_for_inference
-        from pipeline.extract_stage import resolve_device
+        from pipeline.training.checkpoint import load_for_inference
+        from pipeline.extract.clip import resolve_device
 
         self.checkpoint = Path(checkpoint)
         self.device = resolve_device(device)
@@ -168,7 +168,7 @@ class Predictor:
         self.task = self.label_scheme.get("task") or self.bundle.config.model.task
         self.class_names = self._class_names()
         from extractors.errors import ModelLoadError
-        from pipeline.extract_stage import ExtractorModels
+        from pipeline.extract.clip import ExtractorModels
 
         try:
             self.models = ExtractorModels.load(self.extract_cfg, self.device)
@@ -194,7 +194,7 @@ class Predictor:
         """Refuse (exit 2) a checkpoint whose features these extractors do not reproduce.
 
         The extractors were loaded with the checkpoint's own extraction settings; the spec they
-        produce (:meth:`pipeline.extract_stage.ExtractorModels.spec`: text model and size, audio and
+        produce (:meth:`pipeline.extract.clip.ExtractorModels.spec`: text model and size, audio and
         video feature names, face backend, rates) is what every new entry will carry.  Every key of
         it must equal the checkpoint's, else the model would see inputs it was not trained on (e.g. a
         checkpoint trained on 768-d BERT features while this installation's text model gives 384).
@@ -220,7 +220,7 @@ class Predictor:
         without a face or without words is predicted (its ``flags`` say so).
         """
         from extractors.errors import ExtractionError
-        from pipeline.extract_stage import extract_clip
+        from pipeline.extract.clip import extract_clip
 
         clip = extract_clip(Path(path), self.extract_cfg, self.models, clip_id=Path(path).stem)
         for flag, cause in UNPREDICTABLE_FLAGS.items():
@@ -232,7 +232,7 @@ class Predictor:
         """The result dict (without time_s) of already extracted features."""
         import torch
 
-        from pipeline.dataset import collate, sample_from_clip
+        from pipeline.training.dataset import collate, sample_from_clip
 
         sample = self.bundle.normalizer.apply(sample_from_clip(clip, self.align_mode))
         batch = collate([sample])
@@ -306,7 +306,7 @@ class Predictor:
             t2 = time.perf_counter()
             times.model_s = t2 - t1
             if explain_dir is not None:
-                from pipeline.explain import explanation_path, write_explanation
+                from pipeline.inference.explain import explanation_path, write_explanation
 
                 stage = "explanation"
                 png = write_explanation(explanation_path(explain_dir, Path(path).name), result, clip)

@@ -7,9 +7,9 @@ A checkpoint is a dict of plain data and tensors, loadable with ``torch.load(wei
     model_config    DHMDConfig.to_dict() (input sizes included)
     pipeline_config the run's resolved PipelineConfig.model_dump() (its .extract = the settings the
                     cache was extracted with, its .align = the alignment mode)
-    spec            feature spec of the training data (pipeline.dataset.feature_spec / mmsa_spec)
+    spec            feature spec of the training data (pipeline.training.dataset.feature_spec / mmsa_spec)
     norm            Normalizer.state(): {"audio"|"video": {"mean": [...], "std": [...]}}
-    label_scheme    pipeline.dataset.label_scheme(task, n_classes)
+    label_scheme    pipeline.training.dataset.label_scheme(task, n_classes)
     epoch           epochs completed (1-based) when the weights were taken
     val             {"metric": name, "value": float | None} of those weights
     splits          {"train"|"valid"|"test": {"n": samples, "sha256": hash of their ids in order}}
@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.cache import atomic_write_bytes
+from pipeline.files import atomic_write_bytes
 from pipeline.errors import UserError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from dhmd import DHMD
     from pipeline.config import PipelineConfig
-    from pipeline.dataset import Normalizer
+    from pipeline.training.dataset import Normalizer
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def check_spec(trained: dict[str, Any], data: dict[str, Any], checkpoint: Path, 
     names the differing keys and both full specs."""
     if trained == data:
         return
-    from pipeline.dataset import spec_difference_text
+    from pipeline.training.dataset import spec_difference_text
 
     raise UserError(f"{checkpoint} was trained on other features than {data_path} has "
                     f"({spec_difference_text(trained, data)}): checkpoint spec {_spec_text(trained)}; "
@@ -128,7 +128,7 @@ class InferenceBundle:
 
 def load_for_inference(path: Path, device: str = "cpu") -> InferenceBundle:
     """Load a best.pt / last.pt for prediction or evaluation (model in eval mode on ``device``)."""
-    from pipeline.dataset import Normalizer
+    from pipeline.training.dataset import Normalizer
 
     path = Path(path)
     ckpt = load_checkpoint(path)

@@ -4,7 +4,7 @@ Two kinds of data feed training, evaluation and export with the same sample form
 
 * a cache folder made by ``extract`` (``entries/*.npz``, ``manifest.jsonl``, ``labels.csv``), read
   with :func:`sample_from_clip` per entry in the configured ``[align] mode``;
-* an MMSA pickle (:mod:`pipeline.mmsa`), read with :func:`load_mmsa`.
+* an MMSA pickle (:mod:`pipeline.training.mmsa`), read with :func:`load_mmsa`.
 
 A *sample* is a dict of numpy arrays for one clip::
 
@@ -43,7 +43,7 @@ from pipeline.errors import UserError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from pipeline.cache import ClipFeatures
+    from pipeline.extract.cache import ClipFeatures
     from pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -433,7 +433,7 @@ def find_entries(cache_dir: Path) -> dict[str, Path]:
     reading the clip id in every ``entries/*.npz`` (the newest entry wins for a clip id)."""
     import json
 
-    from pipeline.cache import read_manifest
+    from pipeline.extract.cache import read_manifest
 
     cache_dir = Path(cache_dir)
     found: dict[str, Path] = {}
@@ -517,8 +517,8 @@ def source_groups(clip_ids: Sequence[str], video_ids: Sequence[str | None],
 def load_cache(cache_dir: Path, cfg: "PipelineConfig") -> DataBundle:
     """The labelled clips of a cache folder, split by labels.csv, else by source video (seeded; the
     source video is the labels' video_id or the clip's folder, see :func:`source_groups`)."""
-    from pipeline.cache import load_entry, read_manifest
-    from pipeline.labels import read_labels
+    from pipeline.extract.cache import load_entry, read_manifest
+    from pipeline.extract.labels import read_labels
 
     cache_dir = Path(cache_dir)
     labels_path = cache_dir / "labels.csv"
@@ -627,9 +627,9 @@ def _fill_missing_splits(splits: dict[str, list[dict]], path: Path, cfg: "Pipeli
 
 
 def load_mmsa(path: Path, cfg: "PipelineConfig") -> DataBundle:
-    """The splits of an MMSA pickle as samples (see :mod:`pipeline.mmsa`); a missing valid or test
+    """The splits of an MMSA pickle as samples (see :mod:`pipeline.training.mmsa`); a missing valid or test
     split is taken from the train split by source video (:func:`_fill_missing_splits`)."""
-    from pipeline.mmsa import clean, is_aligned, read_pickle, split_labels
+    from pipeline.training.mmsa import clean, is_aligned, read_pickle, split_labels
 
     path = Path(path)
     data = read_pickle(path)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from dhmd import DHMD
     from pipeline.config import PipelineConfig
-    from pipeline.dataset import Normalizer
+    from pipeline.training.dataset import Normalizer
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def run_model(model: "DHMD", samples: Sequence[dict], normalizer: "Normalizer | 
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from pipeline.dataset import SampleDataset, collate
+    from pipeline.training.dataset import SampleDataset, collate
 
     loader = DataLoader(SampleDataset(samples, normalizer), batch_size=batch_size, shuffle=False,
                         collate_fn=collate)
@@ -120,8 +120,8 @@ def run_model(model: "DHMD", samples: Sequence[dict], normalizer: "Normalizer | 
 def evaluate_samples(model: "DHMD", samples: Sequence[dict], normalizer: "Normalizer | None", task: str,
                      batch_size: int, device: str, amp: bool = True, desc: str = "eval"
                      ) -> tuple[dict[str, float], PassResult]:
-    """Metrics (pipeline.metrics) of ``model`` on labelled ``samples``, and the raw pass."""
-    from pipeline.metrics import task_metrics
+    """Metrics (pipeline.training.metrics) of ``model`` on labelled ``samples``, and the raw pass."""
+    from pipeline.training.metrics import task_metrics
 
     res = run_model(model, samples, normalizer, batch_size, device, amp, desc)
     return task_metrics(task, res.predictions, res.labels), res
@@ -130,9 +130,9 @@ def evaluate_samples(model: "DHMD", samples: Sequence[dict], normalizer: "Normal
 def run_evaluate(cfg: "PipelineConfig", checkpoint: Path, data: Path | None = None, split: str = "test",
                  as_json: bool = False) -> int:
     """The ``evaluate`` command: print the metrics of ``checkpoint`` on ``split`` of ``data``."""
-    from pipeline.checkpoint import check_spec, load_for_inference
-    from pipeline.dataset import load_data
-    from pipeline.metrics import format_metrics, json_safe, metric_names
+    from pipeline.training.checkpoint import check_spec, load_for_inference
+    from pipeline.training.dataset import load_data
+    from pipeline.training.metrics import format_metrics, json_safe, metric_names
 
     device = resolve_device(cfg.train.device)
     bundle = load_for_inference(Path(checkpoint), device)

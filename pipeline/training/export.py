@@ -5,7 +5,7 @@ clips, labels and splits are those training would use (labels.csv split column, 
 by-video split of ``train.split`` / ``train.split_seed``), in the ``[align] mode`` of the settings:
 
 * aligned: ``text``, ``audio``, ``vision`` all at one length (the longest token sequence), no lengths;
-  special tokens and words without data (:mod:`pipeline.dataset`: no frame within one frame period,
+  special tokens and words without data (:mod:`pipeline.training.dataset`: no frame within one frame period,
   for vision no face) hold zero rows, which is how training on the pickle tells them apart again;
 * unaligned: each modality padded to its own longest sequence, with ``audio_lengths`` and
   ``vision_lengths``; frames without a face stay in place as zero rows (the layout has no face mask).
@@ -28,7 +28,7 @@ from pipeline.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import PipelineConfig
-    from pipeline.dataset import DataBundle
+    from pipeline.training.dataset import DataBundle
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ def mmsa_layout(bundle: "DataBundle") -> dict[str, dict[str, Any]]:
 def run_export(cfg: "PipelineConfig", data: Path | None = None, fmt: str = "mmsa", out: Path | None = None) -> int:
     """The ``export`` command: write the cache at ``data`` (default train.data) as ``out``."""
     from pipeline.config import with_overrides
-    from pipeline.dataset import load_cache
-    from pipeline.mmsa import write_pickle
+    from pipeline.training.dataset import load_cache
+    from pipeline.training.mmsa import write_pickle
 
     if fmt != "mmsa":
         raise UserError(f"--format {fmt!r}: only 'mmsa' is supported", exit_code=2)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cache import atomic_write_bytes
+from pipeline.files import atomic_write_bytes
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.cache import atomic_write_bytes
+from pipeline.files import atomic_write_bytes
 
 MODALITY_LABELS = ("text", "audio", "video")
 

@@ -4,7 +4,7 @@ One run (:class:`Trainer`) writes into its folder (``--out``, default ``data/run
 
     config.json       the resolved settings (preset and --set applied; .extract = how the cache was made)
     metrics.jsonl     one line per epoch: lr, every train and valid loss term, every valid metric
-    best.pt, last.pt  checkpoints (pipeline.checkpoint): best.pt the weights of the best validation
+    best.pt, last.pt  checkpoints (pipeline.training.checkpoint): best.pt the weights of the best validation
                       epoch, last.pt those of the latest epoch (also after the run has finished) plus
                       optimizer, scheduler, RNG and progress; last.pt is written after every epoch
     results.json      test (and valid) metrics of best.pt, best epoch, sizes
@@ -39,13 +39,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.cache import atomic_write_text
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.files import atomic_write_text
+from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import ExtractConfig, PipelineConfig
-    from pipeline.dataset import DataBundle
+    from pipeline.training.dataset import DataBundle
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _check_fresh(out: Path) -> None:
 
 def check_val_metric(metric: str, task: str) -> None:
     """Refuse a validation metric that the task does not produce."""
-    from pipeline.metrics import metric_names
+    from pipeline.training.metrics import metric_names
 
     allowed = set(metric_names(task)) | {"loss"}
     if metric not in allowed:
@@ -169,7 +169,7 @@ def split_fingerprint(bundle: "DataBundle") -> dict[str, dict[str, Any]]:
     find again to continue the same training)."""
     import hashlib
 
-    from pipeline.dataset import SPLITS
+    from pipeline.training.dataset import SPLITS
 
     out = {}
     for name in SPLITS:
@@ -225,9 +225,9 @@ class Trainer:
         import torch
 
         from dhmd import DHMD, DHMDConfig
-        from pipeline.dataset import Normalizer, SampleDataset, label_scheme
-        from pipeline.evaluate import resolve_device
-        from pipeline.metrics import LOWER_IS_BETTER
+        from pipeline.training.dataset import Normalizer, SampleDataset, label_scheme
+        from pipeline.training.evaluate import resolve_device
+        from pipeline.training.metrics import LOWER_IS_BETTER
 
         cfg, t = self.cfg, self.cfg.train
         check_val_metric(t.val_metric, cfg.model.task)
@@ -276,7 +276,7 @@ class Trainer:
 
     def _check_resume(self, resume: dict[str, Any]) -> None:
         """Refuse (exit 2) to continue a last.pt on data with another feature spec or other splits."""
-        from pipeline.checkpoint import check_spec
+        from pipeline.training.checkpoint import check_spec
 
         last = self.out / "last.pt"
         check_spec(dict(resume["spec"]), dict(self.bundle.spec), last, self.bundle.path)
@@ -311,8 +311,8 @@ class Trainer:
         from torch.utils.data import DataLoader, RandomSampler
         from tqdm import tqdm
 
-        from pipeline.dataset import collate
-        from pipeline.evaluate import autocast, model_inputs
+        from pipeline.training.dataset import collate
+        from pipeline.training.evaluate import autocast, model_inputs
 
         t = self.cfg.train
         gen = torch.Generator()
@@ -352,14 +352,14 @@ class Trainer:
         return {k: v / max(n, 1) for k, v in sums.items()}
 
     def _validate(self, desc: str) -> tuple[dict[str, float], Any]:
-        from pipeline.evaluate import evaluate_samples
+        from pipeline.training.evaluate import evaluate_samples
 
         t = self.cfg.train
         return evaluate_samples(self.model, self.valid_samples, self.normalizer, self.cfg.model.task,
                                 t.batch_size, self.device, t.amp, desc=desc)
 
     def _epoch(self, epoch: int) -> None:
-        from pipeline.metrics import is_better, json_safe
+        from pipeline.training.metrics import is_better, json_safe
 
         t = self.cfg.train
         start = time.perf_counter()
@@ -394,9 +394,9 @@ class Trainer:
 
     # ---------------------------------------------------------------- finish
     def _finish(self) -> dict[str, Any]:
-        from pipeline.evaluate import evaluate_samples
-        from pipeline.metrics import json_safe
-        from pipeline.plots import plot_edge_matrices, plot_loss_curves
+        from pipeline.training.evaluate import evaluate_samples
+        from pipeline.training.metrics import json_safe
+        from pipeline.training.plots import plot_edge_matrices, plot_loss_curves
 
         t, p = self.cfg.train, self.progress
         best_path = self.out / "best.pt"
@@ -453,7 +453,7 @@ class Trainer:
 # ------------------------------------------------------------------------------------------ output
 
 def _print_results(results: dict[str, Any], out: Path) -> None:
-    from pipeline.metrics import format_metrics, metric_names
+    from pipeline.training.metrics import format_metrics, metric_names
 
     names = metric_names(results["task"])
     split = "test" if results.get("test") else "valid"
@@ -465,7 +465,7 @@ def _print_results(results: dict[str, Any], out: Path) -> None:
 
 def summarize_seeds(out: Path, results: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """summary.json: mean and std (ddof 1; 0 for one seed) of every test metric over the seed runs."""
-    from pipeline.metrics import json_safe, metric_names
+    from pipeline.training.metrics import json_safe, metric_names
 
     task = next(iter(results.values()))["task"]
     split = "test" if all(r.get("test") for r in results.values()) else "valid"
@@ -495,7 +495,7 @@ def summarize_seeds(out: Path, results: dict[int, dict[str, Any]]) -> dict[str, 
 # ------------------------------------------------------------------------------------------ entry
 
 def _load_bundle(cfg: "PipelineConfig") -> tuple["PipelineConfig", "DataBundle"]:
-    from pipeline.dataset import load_data
+    from pipeline.training.dataset import load_data
 
     bundle = load_data(Path(cfg.train.data), cfg)
     return resolve_for_data(cfg, bundle), bundle
@@ -561,7 +561,7 @@ def run_train(cfg: "PipelineConfig", data: Path | None = None, out: Path | None 
               preset: str | None = None, resume: Path | None = None, seeds: str | None = None,
               set_keys: list[str] | None = None) -> int:
     """The ``train`` command.  ``cfg`` already holds the preset (the CLI folds ``--preset`` in between
-    the settings file and ``--set``; use :func:`pipeline.presets.apply_preset` when calling this
+    the settings file and ``--set``; use :func:`pipeline.training.presets.apply_preset` when calling this
     directly); ``preset`` is only recorded.  ``resume`` continues a run folder with its own settings;
     those of ``cfg`` that differ are logged as ignored: the ``set_keys`` (the CLI's ``--set`` keys)
     when given, else every setting."""

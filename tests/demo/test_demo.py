@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline import demo_corpus as dc
+from pipeline.demo import corpus as dc
 from pipeline.cli import main
-from pipeline.demo import RUN_MARKER, check_run_dir, clean_run_dir, demo_overrides, sign_accuracy
+from pipeline.demo.run import RUN_MARKER, check_run_dir, clean_run_dir, demo_overrides, sign_accuracy
 from pipeline.errors import UserError
 
 

@@ -1,4 +1,4 @@
-"""pipeline.synth (clips of espeak-ng speech over an expressive real face) and the demo sentences."""
+"""pipeline.demo.synth (clips of espeak-ng speech over an expressive real face) and the demo sentences."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import demo_corpus as dc
-from pipeline import synth
+from pipeline.demo import corpus as dc
+from pipeline.demo import synth
 
 SHORT = "The soup was warm and tasty."
 

@@ -1,6 +1,6 @@
 """`dhmd-pipeline extract` end to end on a folder of real clips, good and bad.
 
-The clips are made here: espeak-ng speech over a video of a real face (pipeline.synth), plus the
+The clips are made here: espeak-ng speech over a video of a real face (pipeline.demo.synth), plus the
 bad inputs of the issue.  One extraction of the whole folder runs through the CLI in a subprocess,
 with the network cut (``unshare -n``) and without the HF offline variables when that is possible,
 so the same run also proves the default extraction is offline.  Its manifest and entries are then
@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from extractors.alignment import align_to_tokens
-from pipeline.cache import load_entry, read_manifest
+from pipeline.extract.cache import load_entry, read_manifest
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 
@@ -48,7 +48,7 @@ def _norm_words(text: str) -> list[str]:
 
 def _silent_clip(out: Path, seconds: float = 2.0) -> Path:
     """The moving face with an audio stream holding only very faint noise (no speech)."""
-    from pipeline import synth
+    from pipeline.demo import synth
 
     wav = out.with_suffix(".wav")
     rng = np.random.default_rng(0)
@@ -336,7 +336,7 @@ def test_killed_run_resumes(tmp_path, corpus, run):
 
 def test_cache_key_follows_settings_and_label_text(tmp_path):
     from pipeline.config import with_overrides
-    from pipeline.extract_stage import clip_settings, extraction_settings
+    from pipeline.extract.clip import clip_settings, extraction_settings
 
     clip = tmp_path / "a.mp4"
     clip.write_bytes(b"x")
@@ -376,9 +376,9 @@ def test_cache_key_follows_library_and_model_versions(tmp_path, monkeypatch, fre
     import extractors.acoustic
     import extractors.face_mediapipe
     from extractors.packaged_models import package_version
-    from pipeline.cache import entry_key
+    from pipeline.extract.cache import entry_key
     from pipeline.config import with_overrides
-    from pipeline.extract_stage import clip_settings
+    from pipeline.extract.clip import clip_settings
 
     clip = tmp_path / "a.mp4"
     clip.write_bytes(b"x")
@@ -429,7 +429,7 @@ def test_cache_key_follows_library_and_model_versions(tmp_path, monkeypatch, fre
 
 
 def test_discovery_and_clip_ids(tmp_path):
-    from pipeline.extract_batch import assign_ids, discover_clips
+    from pipeline.extract.batch import assign_ids, discover_clips
 
     for rel in ("b/1.MP4", "a/1.mp4", "a/2.mov", "a/.3.mp4", ".git/x.mp4", "c.txt", "cache/e.mp4"):
         p = tmp_path / rel

@@ -1,7 +1,7 @@
 """The extract batch when things go wrong around the clips: a worker process that dies, a model that
 cannot load, a clip over extract.max_duration_s, odd names given relatively.
 
-The clips are real (espeak-ng speech over the moving astronaut face, pipeline.synth) and every
+The clips are real (espeak-ng speech over the moving astronaut face, pipeline.demo.synth) and every
 run loads the real offline models.  Clips without an audio stream are used where speech is not the
 point: they need no speech recogniser, which keeps the worker processes quick to start.
 """
@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cache import load_entry, read_manifest
+from pipeline.extract.cache import load_entry, read_manifest
 from pipeline.config import PipelineConfig, with_overrides
 from pipeline.errors import UserError
-from pipeline.extract_batch import WORKER_DIED, _worker_job, run_batch
+from pipeline.extract.batch import run_extract
+from pipeline.extract.pool import WORKER_DIED, worker_job
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -46,7 +47,7 @@ def die_on_one_clip(job: dict) -> dict:
     if path.stem == FIRST_STEM and not first_try.exists():
         first_try.touch()
         time.sleep(600)
-    return _worker_job(job)
+    return worker_job(job)
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +57,14 @@ def short_clip(make_clip) -> Path:
 
 
 def test_a_worker_that_dies_fails_only_its_own_clip(tmp_path, make_clip, short_clip, capfd, caplog):
-    caplog.set_level(logging.WARNING, logger="pipeline.extract_batch")
+    caplog.set_level(logging.WARNING, logger="pipeline.extract.pool")
     videos = tmp_path / "videos"
     videos.mkdir()
     for i, name in enumerate((FIRST_STEM, CRASH_STEM, "c_ok", "d_ok")):
         shutil.copy(make_clip("Short and sweet.", audio=False, seed=10 + i) if i else short_clip,
                     videos / f"{name}.mp4")
     out = tmp_path / "cache"
-    code = run_batch(PipelineConfig(), videos, out, None, workers=2, job_fn=die_on_one_clip)
+    code = run_extract(PipelineConfig(), videos, out, None, workers=2, job_fn=die_on_one_clip)
     err = capfd.readouterr().err
     assert code == 3, err[-3000:]
     assert "extracted 4 clips: 3 ok, 0 cached, 1 failed" in err
@@ -105,7 +106,7 @@ def test_a_speech_model_that_cannot_load_in_a_worker_stops_the_run(tmp_path, spe
     shutil.copy(short_clip, videos / "silent.mp4")
     cfg = with_overrides(PipelineConfig(), {"extract.asr.model": "small.en"})   # a hub name, offline
     with pytest.raises(UserError) as e:
-        run_batch(cfg, videos, tmp_path / "cache", None, workers=2)
+        run_extract(cfg, videos, tmp_path / "cache", None, workers=2)
     assert e.value.exit_code == 2
     msg = str(e.value)
     assert "'small.en'" in msg and "extract.asr.model" in msg and "\n" not in msg
@@ -128,7 +129,7 @@ def test_max_duration_fails_the_long_clip_and_odd_relative_names_extract(tmp_pat
     cfg = with_overrides(PipelineConfig(), {"extract.max_duration_s": limit})
     monkeypatch.chdir(videos)
     out = tmp_path / "cache"
-    code = run_batch(cfg, Path("."), out, None, workers=1)
+    code = run_extract(cfg, Path("."), out, None, workers=1)
     err = capfd.readouterr().err
     assert code == 3, err[-3000:]
     assert "extracted 3 clips: 2 ok, 0 cached, 1 failed" in err

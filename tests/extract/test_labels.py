@@ -1,4 +1,4 @@
-"""pipeline.labels: our labels CSV, MMSA-FET's label.csv, clip matching, normalised output."""
+"""pipeline.extract.labels: our labels CSV, MMSA-FET's label.csv, clip matching, normalised output."""
 from __future__ import annotations
 
 import csv
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.labels import match_row, read_labels, write_labels
+from pipeline.extract.labels import match_row, read_labels, write_labels
 
 
 def _write(path: Path, text: str) -> Path:

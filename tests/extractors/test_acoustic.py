@@ -13,7 +13,7 @@ import soundfile as sf
 from extractors.acoustic import acoustic_feature_names, acoustic_features
 from extractors.errors import ExtractionError
 from pipeline.config import AudioConfig
-from pipeline.synth import speak
+from pipeline.demo.synth import speak
 
 SR = 16000
 CFG = AudioConfig()

@@ -14,7 +14,7 @@ import pytest
 from extractors.asr import SpeechRecognizer
 from extractors.decode import load_audio
 from extractors.errors import ExtractionError, ModelLoadError
-from extractors.transcript import Word
+from extractors.words import Word
 from pipeline.config import AsrConfig
 
 SR = 16000

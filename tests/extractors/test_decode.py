@@ -63,7 +63,7 @@ def test_load_audio_is_16k_mono_speech(speech_clip: Path) -> None:
 
 
 def test_frames_sampled_at_rate_and_rgb(speech_clip: Path) -> None:
-    from pipeline.synth import face_frames
+    from pipeline.demo.synth import face_frames
 
     info = probe(speech_clip)
     frames = iter_frames(speech_clip, 15.0)
@@ -219,7 +219,7 @@ def test_colon_in_a_relative_name_is_a_file_not_a_protocol(tmp_path: Path, speec
 def test_still_image_named_mp4(tmp_path: Path, ext: str, codec: str) -> None:
     import cv2
 
-    from pipeline.synth import base_face
+    from pipeline.demo.synth import base_face
 
     picture = tmp_path / f"photo{ext}"
     assert cv2.imwrite(str(picture), base_face()[:, :, ::-1])

@@ -1,6 +1,6 @@
 """Face features: MediaPipe geometry and landmark AU estimates on a real face photograph, py-feat mapping.
 
-The face is scikit-image's astronaut photograph (pipeline.synth.base_face).  Expressions are made
+The face is scikit-image's astronaut photograph (pipeline.demo.synth.base_face).  Expressions are made
 here with our own local warps around the landmarks MediaPipe finds (independent of the demo's
 expression synthesis), so the AU estimates are checked against a known movement of the lips, jaw,
 brows and upper eyelids.  Not covered: AU06 (cheek raise): warping the smooth cheek of a photograph
@@ -22,7 +22,7 @@ from extractors.face_mediapipe import (AU_NAMES, FEATURE_NAMES, GEOMETRY_NAMES, 
 from extractors.face_pyfeat import (FEATURE_NAMES as PYFEAT_NAMES, PYFEAT_AU_COLUMNS, PYFEAT_BOX_COLUMNS,
                                     PYFEAT_EMOTION_COLUMNS, PYFEAT_POSE_COLUMNS, pyfeat_features)
 from pipeline.config import FaceConfig
-from pipeline.synth import base_face, blank_frames
+from pipeline.demo.synth import base_face, blank_frames
 
 
 @pytest.fixture(scope="module")
@@ -397,7 +397,7 @@ import logging, os, sys
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 from extractors.face_mediapipe import MediaPipeFaceExtractor, quiet_native_stderr
 from pipeline.config import FaceConfig
-from pipeline.synth import base_face
+from pipeline.demo.synth import base_face
 ex = MediaPipeFaceExtractor(FaceConfig())
 found = ex.process(base_face()) is not None
 ex.reset()

@@ -10,9 +10,8 @@ import pytest
 
 from extractors.decode import load_audio
 from extractors.errors import ExtractionError
-from extractors.transcript import (Transcript, Word, match_times, read_sidecar, resolve_transcript,
-                                   retime_collapsed_words,
-                                   spread_over_voiced, voiced_mask)
+from extractors.transcript import Transcript, read_sidecar, resolve_transcript
+from extractors.words import Word, match_times, retime_collapsed_words, spread_over_voiced, voiced_mask
 from pipeline.config import AsrConfig
 
 SR = 16000

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.predict import LABELS_7, format_table, label_2, label_7
+from pipeline.inference.predict import LABELS_7, format_table, label_2, label_7
 
 TRAIN_SENTENCES = [
     ("good_one", "What a lovely and wonderful day.", 2.4, "train"),
@@ -153,8 +153,8 @@ def counted(checkpoint, new_clips, tmp_path_factory):
     import extractors.asr
     import extractors.face
     import extractors.text
-    import pipeline.checkpoint
-    from pipeline.predict import Predictor
+    import pipeline.training.checkpoint
+    from pipeline.inference.predict import Predictor
 
     counts: Counter = Counter()
 
@@ -167,7 +167,7 @@ def counted(checkpoint, new_clips, tmp_path_factory):
     other = tmp_path_factory.mktemp("counted") / "other_good.mp4"
     other.write_bytes(new_clips["good"].read_bytes())
     with pytest.MonkeyPatch.context() as mp:
-        for module, attr in ((pipeline.checkpoint, "load_for_inference"), (extractors.text, "TextEncoder"),
+        for module, attr in ((pipeline.training.checkpoint, "load_for_inference"), (extractors.text, "TextEncoder"),
                              (extractors.face, "make_face_extractor"), (extractors.asr, "SpeechRecognizer")):
             mp.setattr(module, attr, counting(attr, getattr(module, attr)))
         pred = Predictor(checkpoint, device="cpu", top_atoms=3)
@@ -209,7 +209,7 @@ def test_table_shows_failures_and_flags(counted) -> None:
 def test_explanation_figure_shows_edges_and_timeline(counted) -> None:
     import matplotlib.pyplot as plt
 
-    from pipeline.explain import build_explanation_figure
+    from pipeline.inference.explain import build_explanation_figure
 
     pred, (result, *_), _, _ = counted
     clip = pred.last_features[0]
@@ -249,14 +249,14 @@ def test_explanation_figure_shows_edges_and_timeline(counted) -> None:
 
 def test_one_failing_clip_does_not_stop_the_others(checkpoint, new_clips, tmp_path, monkeypatch) -> None:
     """An error that is not an ExtractionError (the PNG writer, the model, memory) fails that clip only."""
-    import pipeline.explain
-    from pipeline.predict import Predictor
+    import pipeline.inference.explain
+    from pipeline.inference.predict import Predictor
 
     clips = {}
     for name in ("first", "png_fails", "model_fails", "last"):
         clips[name] = tmp_path / f"{name}.mp4"
         clips[name].write_bytes(new_clips["good"].read_bytes())
-    real_writer = pipeline.explain.write_explanation
+    real_writer = pipeline.inference.explain.write_explanation
     real_predict = Predictor.predict_features
 
     def writer(out_path, result, clip):
@@ -269,7 +269,7 @@ def test_one_failing_clip_does_not_stop_the_others(checkpoint, new_clips, tmp_pa
             raise MemoryError()
         return real_predict(self, clip, name=name)
 
-    monkeypatch.setattr(pipeline.explain, "write_explanation", writer)
+    monkeypatch.setattr(pipeline.inference.explain, "write_explanation", writer)
     monkeypatch.setattr(Predictor, "predict_features", predict_features)
     explain = tmp_path / "explain"
     res = CliRunner().invoke(main, ["predict", *map(str, clips.values()), "--checkpoint", str(checkpoint),
@@ -322,7 +322,7 @@ def test_no_checkpoint_says_train_first(new_clips, tmp_path, monkeypatch) -> Non
 def test_default_checkpoint_is_newest_best(tmp_path) -> None:
     import os
 
-    from pipeline.predict import default_checkpoint
+    from pipeline.inference.predict import default_checkpoint
 
     for name, mtime in (("2026-a", 1000), ("2026-b", 3000), ("2026-c", 2000)):   # names do not decide
         p = tmp_path / name / "best.pt"
@@ -351,7 +351,7 @@ def test_default_checkpoint_is_newest_best(tmp_path) -> None:
 
 def test_default_checkpoint_finds_a_seed_run_alone(tmp_path) -> None:
     from pipeline.errors import UserError
-    from pipeline.predict import default_checkpoint
+    from pipeline.inference.predict import default_checkpoint
 
     with pytest.raises(UserError, match=r"\*/\*/best.pt"):
         default_checkpoint(tmp_path)
@@ -372,7 +372,7 @@ def test_label_conventions(score, name7, name2) -> None:
 
 
 def test_pick_au_columns() -> None:
-    from pipeline.explain import pick_au_columns
+    from pipeline.inference.explain import pick_au_columns
 
     names = ["yaw", "est_AU26_jaw_drop", "est_AU12_lip_corner_pull", "AU12_r", "est_AU04", "mouth_open"]
     assert pick_au_columns(names) == [(4, "AU04 brow lowerer"), (2, "AU12 smile"), (1, "AU26 jaw drop")]

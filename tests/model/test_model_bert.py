@@ -20,7 +20,7 @@ def bert_dir() -> str:
 
 @pytest.fixture(scope="module")
 def text_bert(bert_dir):
-    """(B, 3, T) ids / mask / segments, as pipeline.dataset collates text_bert."""
+    """(B, 3, T) ids / mask / segments, as pipeline.training.dataset collates text_bert."""
     tok = transformers.AutoTokenizer.from_pretrained(bert_dir)
     enc = tok(["what a wonderful movie", "i did not like it at all, honestly"], padding=True,
               return_tensors="pt", return_token_type_ids=True)

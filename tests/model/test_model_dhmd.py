@@ -27,7 +27,7 @@ def random_sample(lengths: tuple[int, int, int], dims=DIMS) -> list[torch.Tensor
 
 
 def pad_batch(samples: list[list[torch.Tensor]], junk: float = 100.0):
-    """Right-pad like pipeline.dataset.collate, but fill padding with random junk."""
+    """Right-pad like pipeline.training.dataset.collate, but fill padding with random junk."""
     inputs, masks = [], []
     for m in range(3):
         longest = max(s[m].shape[0] for s in samples)

@@ -1,4 +1,4 @@
-"""Samples, batches, splits, normalisation, MMSA pickles and cache folders (pipeline.dataset, mmsa)."""
+"""Samples, batches, splits, normalisation, MMSA pickles and cache folders (pipeline.training.dataset, mmsa)."""
 from __future__ import annotations
 
 import pickle
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cache import read_manifest, write_manifest
+from pipeline.extract.cache import read_manifest, write_manifest
 from pipeline.config import PipelineConfig, with_overrides
-from pipeline.dataset import (Normalizer, collate, feature_spec, find_entries, load_cache, load_data,
+from pipeline.training.dataset import (Normalizer, collate, feature_spec, find_entries, load_cache, load_data,
                               sample_from_clip, score_class, split_by_group)
 from pipeline.errors import UserError
-from pipeline.mmsa import is_aligned, read_pickle
+from pipeline.training.mmsa import is_aligned, read_pickle
 from test_train_helpers import SPEC, make_cache, make_clip_features, make_pickle
 
 
@@ -105,7 +105,7 @@ def _aligned_clip(): # noqa: ANN202 - a hand-made ClipFeatures with known aligne
     """Words w0 [0, .2), w1 [.2, .3), w2 [.31, .33) (shorter than a frame), w3 [1.0, 1.2); tokens
     [CLS] w0 w1 w1 w2 w3 [SEP].  Audio at 10 Hz (times .05, .15, ...), one feature = 10 * frame index.
     Video at 10 fps (times 0, .1, ..., 1.4), a face only in frames 0-3; feature k of frame i = i + k."""
-    from pipeline.cache import ClipFeatures
+    from pipeline.extract.cache import ClipFeatures
 
     tokens = np.array([-1, 0, 1, 1, 2, 3, -1], dtype=np.int32)
     a_times = np.arange(12) * 0.1 + 0.05
@@ -273,7 +273,7 @@ def test_cache_errors_name_the_problem(tmp_path: Path) -> None:
 def test_split_without_video_id_groups_clips_by_their_source_folder(tmp_path: Path, caplog) -> None:
     # MMSA-FET layout Raw/<video>/<n>.mp4 and no video_id in the labels: the folder is the video
     root = make_cache(tmp_path / "cache", n_clips=40, with_split=False, with_video_id=False, layout="folders")
-    with caplog.at_level("INFO", logger="pipeline.dataset"):
+    with caplog.at_level("INFO", logger="pipeline.training.dataset"):
         bundle = load_cache(root, PipelineConfig())
     assert "split per clip" not in caplog.text and "grouped by their source folder (10 folders)" in caplog.text
     split_of = {s["id"]: k for k, v in bundle.splits.items() for s in v}
@@ -284,7 +284,7 @@ def test_split_without_video_id_groups_clips_by_their_source_folder(tmp_path: Pa
 
 def test_split_without_video_id_or_folders_is_per_clip_with_a_warning(tmp_path: Path, caplog) -> None:
     root = make_cache(tmp_path / "cache", n_clips=40, with_split=False, with_video_id=False, layout="flat")
-    with caplog.at_level("WARNING", logger="pipeline.dataset"):
+    with caplog.at_level("WARNING", logger="pipeline.training.dataset"):
         bundle = load_cache(root, PipelineConfig())
     assert "40 clips have no video_id" in caplog.text and "split per clip" in caplog.text
     split_of = {s["id"]: k for k, v in bundle.splits.items() for s in v}
@@ -292,7 +292,7 @@ def test_split_without_video_id_or_folders_is_per_clip_with_a_warning(tmp_path: 
 
 
 def test_source_groups_rules() -> None:
-    from pipeline.dataset import source_groups
+    from pipeline.training.dataset import source_groups
 
     ids = ["a", "b", "c", "d", "e", "f"]
     videos = [None, None, None, None, "v9", None]
@@ -312,7 +312,7 @@ def test_pickle_without_valid_and_test_is_split_by_source_video(tmp_path: Path, 
     raw = pickle.load(open(path, "rb"))
     only_train = tmp_path / "train_only.pkl"
     pickle.dump({"train": raw["train"]}, open(only_train, "wb"))
-    with caplog.at_level("WARNING", logger="pipeline.dataset"):
+    with caplog.at_level("WARNING", logger="pipeline.training.dataset"):
         bundle = load_data(only_train, PipelineConfig())
     assert "no valid / test split" in caplog.text and "by source video" in caplog.text
     counts = bundle.counts()

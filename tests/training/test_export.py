@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.config import PipelineConfig, with_overrides
-from pipeline.dataset import load_cache, load_data
-from pipeline.export import mmsa_id
+from pipeline.training.dataset import load_cache, load_data
+from pipeline.training.export import mmsa_id
 from test_train_helpers import TINY, make_cache, set_args
 
 

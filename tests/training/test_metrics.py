@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.metrics import (classification_metrics, format_metrics, is_better, regression_metrics,
+from pipeline.training.metrics import (classification_metrics, format_metrics, is_better, regression_metrics,
                               task_metrics)
 
 # true / pred chosen so that every metric has a hand-computable value; see the comments per metric

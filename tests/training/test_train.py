@@ -71,7 +71,7 @@ def test_checkpoint_contents_load_with_weights_only(pickle_run) -> None:
     last = torch.load(run / "last.pt", weights_only=True)
     assert {"optimizer", "scheduler", "rng", "progress"} <= set(last) and last["progress"]["finished"]
 
-    from pipeline.checkpoint import load_for_inference
+    from pipeline.training.checkpoint import load_for_inference
 
     bundle = load_for_inference(run / "best.pt")
     assert not bundle.model.training and bundle.spec == best["spec"] and bundle.epoch == best["epoch"]
@@ -107,9 +107,9 @@ def test_checkpoint_refuses_data_with_another_spec(pickle_run, tmp_path: Path) -
 
 
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.train as train_mod
+    import pipeline.training.train as train_mod
     from pipeline.config import load_config
-    from pipeline.train import run_train
+    from pipeline.training.train import run_train
 
     data = make_pickle(tmp_path / "d.pkl", n_train=40, seed=3)
     cfg = load_config(None, TINY + ["train.epochs=4", "train.lr_patience=0", "train.lr_factor=0.5",
@@ -176,9 +176,9 @@ def test_train_on_cache_folder_with_preset_and_set(tmp_path: Path) -> None:
     assert cfg["model"]["kernel_audio"] == 3 and cfg["model"]["kernel_video"] == 3   # from the preset
     assert cfg["model"]["hidden_dim"] == 16 and cfg["model"]["num_heads"] == 2       # --set wins
     assert cfg["extract"]["fps"] == 10.0                 # how the cache was extracted, not the default 15
-    from pipeline.checkpoint import load_for_inference
-    from pipeline.dataset import feature_spec
-    from pipeline.cache import load_entry
+    from pipeline.training.checkpoint import load_for_inference
+    from pipeline.training.dataset import feature_spec
+    from pipeline.extract.cache import load_entry
 
     bundle = load_for_inference(tmp_path / "run" / "best.pt")
     assert bundle.config.align.mode == "aligned" and bundle.config.extract.fps == 10.0
@@ -247,7 +247,7 @@ def test_cuda_training_with_bf16_autocast(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["test"]["Has0_acc_2"] >= 0.7
-    from pipeline.checkpoint import load_for_inference
+    from pipeline.training.checkpoint import load_for_inference
 
     assert next(load_for_inference(tmp_path / "run" / "best.pt", "cuda").model.parameters()).is_cuda
 
@@ -260,10 +260,10 @@ def plateau_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     epochs; the model weights of every epoch's last.pt are recorded as they are written."""
     import copy
 
-    import pipeline.metrics as metrics_mod
-    import pipeline.train as train_mod
+    import pipeline.training.metrics as metrics_mod
+    import pipeline.training.train as train_mod
     from pipeline.config import load_config
-    from pipeline.train import run_train
+    from pipeline.training.train import run_train
 
     root = tmp_path_factory.mktemp("plateau")
     data = make_pickle(root / "d.pkl", n_train=32, seed=8)
@@ -345,7 +345,7 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path: Path, monkeypat
     are not: Adam turns the float noise in the exactly-zero gradient of attention key biases into
     lr-sized steps)."""
     from pipeline.config import load_config
-    from pipeline.train import run_train
+    from pipeline.training.train import run_train
 
     data = make_pickle(tmp_path / "d.pkl", n_train=12, seed=10)
     common = TINY + ["train.epochs=2", "train.grad_clip=0", "train.early_stop_patience=0",
@@ -378,9 +378,9 @@ def test_resume_refuses_other_data_and_reports_ignored_settings(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    import pipeline.train as train_mod
+    import pipeline.training.train as train_mod
     from pipeline.config import load_config
-    from pipeline.train import run_train
+    from pipeline.training.train import run_train
 
     data = make_pickle(tmp_path / "d.pkl", n_train=24, seed=12)
     shutil.copy(data, tmp_path / "orig.pkl")
@@ -424,7 +424,7 @@ def test_resume_refuses_other_data_and_reports_ignored_settings(tmp_path: Path,
 
 
 def test_ignored_settings_without_cli_keys_compares_everything_but_data_derived() -> None:
-    from pipeline.train import ignored_settings
+    from pipeline.training.train import ignored_settings
 
     run = {"train": {"epochs": 3, "out": "a", "data": "x.pkl"}, "extract": {"fps": 10.0},
            "align": {"mode": "aligned"}, "model": {"hidden_dim": 16}}
@@ -446,7 +446,7 @@ TABLE_1 = {"mosi": {"kernels_LVA": (5, 5, 5), "hidden": 50, "heads": 10, "layers
 
 def _paper_table_1() -> dict | None:
     """Table 1 read from the paper's text in the shared reference folder, when it is there."""
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]
     for cand in (here.parent / "shared" / "reference" / "dhmd-paper.md", here / "shared" / "reference" / "dhmd-paper.md"):
         if cand.is_file():
             text = cand.read_text(encoding="utf-8")
@@ -467,7 +467,7 @@ def _paper_table_1() -> dict | None:
 
 def test_presets_match_table_1_of_the_paper() -> None:
     from pipeline.config import PipelineConfig
-    from pipeline.presets import PRESETS, apply_preset
+    from pipeline.training.presets import PRESETS, apply_preset
 
     paper = _paper_table_1()
     if paper is not None:
@@ -495,7 +495,7 @@ def test_evaluate_with_a_file_that_is_no_checkpoint_exits_2_in_one_line(tmp_path
     bad = tmp_path / "bad.pt"
     bad.write_bytes(content)
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "evaluate", "--checkpoint", str(bad)],
-                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr

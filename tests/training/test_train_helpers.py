@@ -2,7 +2,7 @@
 
 * :func:`make_pickle`: a pickle in the MMSA layout (aligned or unaligned) whose labels are a planted
   function of the features, so a model can learn them.
-* :func:`make_cache`: a cache folder as ``extract`` writes it (entries via pipeline.cache.save_entry,
+* :func:`make_cache`: a cache folder as ``extract`` writes it (entries via pipeline.extract.cache.save_entry,
   manifest.jsonl, labels.csv), with word times, a face mask with gaps and a planted signal; no video
   decoding is needed.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cache import ClipFeatures, entry_key, entry_path, save_entry, write_manifest
+from pipeline.extract.cache import ClipFeatures, entry_key, entry_path, save_entry, write_manifest
 
 TINY = ["model.hidden_dim=16", "model.num_heads=2", "model.num_layers=1", "model.dictionary_size=16",
         "model.gd_hidden=8", "train.batch_size=16", "train.lr=0.002"]
@@ -78,7 +78,7 @@ def make_clip_features(clip_id: str, label: float, rng: np.random.Generator, n_w
     15 fps with a face missing in some frames; text feature 0 and audio feature 0 carry the label.
     ``source`` is the clip file's path (default ``/videos/<clip_id>.mp4``)."""
     from pipeline.config import ExtractConfig
-    from pipeline.extract_stage import extraction_settings
+    from pipeline.extract.clip import extraction_settings
 
     spec = dict(spec or SPEC)
     n_words = int(n_words if n_words is not None else rng.integers(2, 6))

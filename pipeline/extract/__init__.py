@@ -1,0 +1,7 @@
+"""Stage 1, extraction: clips -> cache entries and a manifest.
+
+``clip`` extracts one clip with the models of ``clip.ExtractorModels``; ``jobs`` turns one clip into
+its cache entry and manifest record; ``pool`` runs jobs in this process or a process pool;
+``batch`` is the ``extract`` command (discovery, ids, cache reuse, manifest, summary); ``cache``
+and ``labels`` are the formats it reads and writes.
+"""
