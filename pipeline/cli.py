@@ -105,13 +105,19 @@ def main() -> None:
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV of clip_id,label[,text,split] (MMSA-FET label.csv also accepted).")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Clips processed in parallel (default: extract.workers).")
+              help="Clips processed in parallel (default: extract.workers; with --engine ray: extract.ray.workers).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default=None,
+              help="Where clips are extracted: this machine, or Ray actors (default: extract.engine, local).")
+@click.option("--ray-address", default=None, metavar="ADDRESS",
+              help="With --engine ray: '' starts a local Ray instance, 'auto' or 'ray://host:port' joins a "
+                   "cluster (default: extract.ray.address).")
 @common_options
 def extract(cfg: PipelineConfig, videos_dir: Path, out: Path | None, labels: Path | None,
-            workers: int | None) -> int:
+            workers: int | None, engine: str | None, ray_address: str | None) -> int:
     """Extract transcript, text, face and acoustic features from every clip in VIDEOS_DIR."""
     run = _stage("pipeline.extract.batch", "run_extract", "extract")
-    return run(cfg, videos_dir=videos_dir, out=out, labels=labels, workers=workers)
+    return run(cfg, videos_dir=videos_dir, out=out, labels=labels, workers=workers, engine=engine,
+               ray_address=ray_address)
 
 
 @main.command()

@@ -101,11 +101,29 @@ class AudioConfig(_Section):
         return self
 
 
+class RayConfig(_Section):
+    """``extract.ray``: where and how the Ray engine runs (``extract.engine = "ray"``)."""
+    address: str = ""
+    workers: int = Field(0, ge=0, le=4096)
+    num_cpus: float = Field(1.0, gt=0.0, le=256.0)
+    num_gpus: float = Field(0.0, ge=0.0, le=16.0)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        v = v.strip()
+        if v not in ("", "auto", "local") and not v.startswith("ray://") and ":" not in v:
+            raise PydanticCustomError("ray_address", "must be empty (start a local Ray instance), 'auto', "
+                                      "'ray://host:port' or 'host:port'")
+        return v
+
+
 class ExtractConfig(_Section):
     out: str = "data/cache"
     fps: float = Field(15.0, gt=0.0, le=120.0)
     sample_rate: int = Field(16000, ge=8000, le=48000)
     workers: int = Field(1, ge=1, le=64)
+    engine: Literal["local", "ray"] = "local"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_duration_s: float = Field(600.0, gt=0.0)
     video_exts: list[str] = [".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"]
@@ -113,6 +131,7 @@ class ExtractConfig(_Section):
     asr: AsrConfig = AsrConfig()
     face: FaceConfig = FaceConfig()
     audio: AudioConfig = AudioConfig()
+    ray: RayConfig = RayConfig()
 
 
 class AlignConfig(_Section):

@@ -14,7 +14,8 @@ One run:
    rest.  The others are probed (ffprobe): a file that is not usable media fails here, before any
    model loads.
 5. Extract the others in this process (``workers`` = 1) or in a pool of spawned processes, each
-   loading the models once.  Every clip is caught on its own: a failure is recorded with its
+   loading the models once, or with ``--engine ray`` on Ray actors (:mod:`pipeline.extract.ray_engine`,
+   one machine or a cluster; same jobs, same entries, same records).  Every clip is caught on its own: a failure is recorded with its
    cause and the batch goes on.  A worker process that dies takes no other clip with it: the
    clips it shared the pool with run again, one at a time, and only the clip that kills a process
    running alone is failed (:func:`pipeline.extract.pool.run_pool`).  A model that cannot be loaded (text, face, or the
@@ -196,19 +197,29 @@ def _progress(total: int):
 
 
 def run_extract(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | None, workers: int | None,
-              *, job_fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> int:
+              *, job_fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+              engine: str | None = None, ray_address: str | None = None) -> int:
     """See the module docstring.  ``cfg`` is the whole PipelineConfig; returns the exit status.
 
     ``job_fn`` replaces what each worker process runs per clip (default :func:`pipeline.extract.pool.worker_job`, see
-    :func:`pipeline.extract.pool.run_pool`); with one worker the clips are extracted in this process and it is not used.
+    :func:`pipeline.extract.pool.run_pool`); with one local worker the clips are extracted in this process and it is
+    not used.  ``engine`` ("local"/"ray", default ``extract.engine``) and ``ray_address`` (default
+    ``extract.ray.address``) are the --engine and --ray-address options; with the Ray engine, ``workers`` (the
+    --workers option) overrides ``extract.ray.workers``.
     """
     from extractors.errors import ExtractionError
     from pipeline.extract.clip import check_regular_file, clip_settings, probe_clip, resolve_device
     from pipeline.extract.labels import read_labels, write_labels
 
     ecfg = cfg.extract
+    engine = engine or ecfg.engine
+    if engine not in ("local", "ray"):
+        raise UserError(f"unknown extract engine {engine!r}: use 'local' or 'ray'", exit_code=2)
+    if ray_address is not None:
+        ecfg = _with_ray_address(ecfg, ray_address)
     videos_dir = Path(videos_dir)
     out = Path(out) if out is not None else Path(ecfg.out)
+    ray_workers = workers                  # the Ray engine: --workers, else extract.ray.workers
     workers = int(workers or ecfg.workers)
     if not os.path.lexists(videos_dir):
         raise UserError(f"{videos_dir}: no such file or folder (give the folder of video clips)", exit_code=2)
@@ -224,7 +235,12 @@ def run_extract(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | Non
         raise UserError(f"{out}: cannot create the cache folder ({e.strerror or e})", exit_code=2) from None
 
     try:   # the entry keys need it (the ASR compute type differs on CUDA); imports torch for "auto"
-        device = resolve_device(ecfg.device)
+        if engine == "ray":                # the actors' device, not this machine's
+            from pipeline.extract.ray_engine import ray_device
+
+            device = ray_device(ecfg)
+        else:
+            device = resolve_device(ecfg.device)
     except ValueError as e:
         raise UserError(str(e), exit_code=2) from None
 
@@ -267,10 +283,18 @@ def run_extract(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | Non
                 todo.append((i, job))
             if todo:
                 n_workers = min(workers, len(todo))
-                log.info("extracting %d clips (%d cached) on %s with %d worker%s", len(todo),
-                         len(clips) - len(todo), device, n_workers, "s" if n_workers > 1 else "")
+                if engine == "local":
+                    log.info("extracting %d clips (%d cached) on %s with %d worker%s", len(todo),
+                             len(clips) - len(todo), device, n_workers, "s" if n_workers > 1 else "")
+                else:
+                    log.info("extracting %d clips (%d cached) on %s with the Ray engine", len(todo),
+                             len(clips) - len(todo), device)
                 try:
-                    if n_workers <= 1:
+                    if engine == "ray":
+                        from pipeline.extract.ray_engine import run_ray
+
+                        run_ray(todo, ecfg, device, ray_workers, manifest, bar, job_fn or worker_job)
+                    elif n_workers <= 1:
                         run_in_process(todo, ecfg, device, manifest, bar)
                     else:
                         run_pool(todo, ecfg, device, n_workers, manifest, bar, job_fn or worker_job)
@@ -278,6 +302,17 @@ def run_extract(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | Non
                     manifest.flush()
         manifest.flush()
     return summarize([r for r in manifest.records if r is not None])
+
+
+def _with_ray_address(ecfg: Any, address: str) -> Any:
+    """``ecfg`` with ``extract.ray.address`` = ``address`` (the --ray-address option), validated."""
+    from pydantic import ValidationError
+
+    try:
+        ray_cfg = type(ecfg.ray).model_validate({**ecfg.ray.model_dump(), "address": address})
+    except ValidationError as e:
+        raise UserError(f"--ray-address {address!r}: {e.errors()[0]['msg']}", exit_code=2) from None
+    return ecfg.model_copy(update={"ray": ray_cfg})
 
 
 def summarize(records: list[dict[str, Any]]) -> int:

@@ -172,9 +172,11 @@ class ExtractorModels:
         self._recognizer_error: ModelLoadError | None = None
 
     @classmethod
-    def load(cls, cfg: "ExtractConfig", device: str = "auto") -> "ExtractorModels":
+    def load(cls, cfg: "ExtractConfig", device: str = "auto", face_device: str | None = None
+             ) -> "ExtractorModels":
         """Load the text encoder and face extractor (ModelLoadError names the model, the cause and
-        the setting to change)."""
+        the setting to change).  ``face_device`` puts the face backend elsewhere than the text
+        encoder and speech recogniser (the Ray engine keeps faces on an actor's CPUs; default: ``device``)."""
         from extractors.acoustic import acoustic_features
         from extractors.face import make_face_extractor
         from extractors.text import TextEncoder
@@ -184,7 +186,7 @@ class ExtractorModels:
         with _naming_setting("extract.text.model"):
             text = TextEncoder(cfg.text, device=dev)
         with _naming_setting("extract.face.backend"):
-            face = make_face_extractor(cfg.face, device=dev)
+            face = make_face_extractor(cfg.face, device=face_device or dev)
         # the acoustic feature names, for clips without audio (empty audio computes nothing)
         _, _, audio_names = acoustic_features(np.zeros(0, np.float32), int(cfg.sample_rate), cfg.audio)
         log.info("extraction models ready on %s in %.1f s", dev, time.perf_counter() - t0)

@@ -2,7 +2,8 @@
 
 Both load the extraction models once per process and run :func:`pipeline.extract.jobs.extract_job`
 for each clip; the driver (:mod:`pipeline.extract.batch`) gives them the jobs, the manifest and
-the progress bar.  A worker process that dies takes no other clip with it (see :func:`run_pool`).
+the progress bar.  A worker process that dies takes no other clip with it (see :func:`run_pool`);
+a worker process never outlives this one, however this one dies (see :func:`watch_parent`).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import concurrent.futures as cf
 import logging
 import multiprocessing
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +26,34 @@ log = logging.getLogger(__name__)
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(cfg_json: str, device: str, threads: int, log_levels: tuple[int, int]) -> None:
+PARENT_POLL_S = 0.5          # how often a worker process checks that the process that started it lives
+
+
+def watch_parent(parent_pid: int, interval_s: float = PARENT_POLL_S) -> None:
+    """Exit this process (``os._exit``) within ``interval_s`` of process ``parent_pid`` dying.
+
+    However the parent dies (SIGKILL by the OOM killer or a scheduler included, when no cleanup
+    code runs), this process is re-parented and ``os.getppid()`` changes: a daemon thread polls it.
+    Chosen over ``prctl(PR_SET_PDEATHSIG)``, which fires when the *thread* that spawned the process
+    exits (ProcessPoolExecutor may spawn from a helper thread) and exists on Linux only.  What the
+    worker was writing is lost safely: entries are written atomically, a rerun removes the
+    temporary file and extracts the clip again.
+    """
+    import threading
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(interval_s)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _init_worker(cfg_json: str, device: str, threads: int, log_levels: tuple[int, int],
+                 parent_pid: int | None = None, face_device: str | None = None) -> None:
+    if parent_pid is not None:     # no orphans: a worker never outlives the process that started it
+        watch_parent(parent_pid)
     # before torch and CTranslate2 (OpenMP) load: each worker gets its share of the cores
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(max(1, threads))
@@ -39,7 +68,7 @@ def _init_worker(cfg_json: str, device: str, threads: int, log_levels: tuple[int
         from pipeline.extract.clip import ExtractorModels
 
         cfg = ExtractConfig.model_validate_json(cfg_json)
-        _WORKER.update(cfg=cfg, models=ExtractorModels.load(cfg, device))
+        _WORKER.update(cfg=cfg, models=ExtractorModels.load(cfg, device, face_device=face_device))
     except Exception as e:   # reported with the first job, which stops the run with the cause
         _WORKER["error"] = f"{type(e).__name__}: {e}" if not str(e) else str(e)
 
@@ -118,7 +147,7 @@ def run_pool(jobs: list[tuple[int, dict[str, Any]]], cfg: Any, device: str, work
     from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    init_args = (cfg.model_dump_json(), device, threads, current_levels())
+    init_args = (cfg.model_dump_json(), device, threads, current_levels(), os.getpid())
     ctx = multiprocessing.get_context("spawn")
     pending = deque(jobs)
     suspects: deque[tuple[int, dict[str, Any]]] = deque()
