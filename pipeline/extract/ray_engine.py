@@ -198,7 +198,7 @@ def run_ray(jobs: list[tuple[int, dict[str, Any]]], ecfg: Any, device: str, work
 
         for _ in range(n):
             start_actor()
-        while queue or in_flight:
+        while queue or in_flight or pinned:
             for actor in list(idle):                 # a retry goes to the fresh actor started for it
                 if actor in pinned:
                     item = pinned.pop(actor)
