@@ -123,3 +123,26 @@ def test_a_clip_that_kills_its_actor_is_retried_once_on_a_fresh_actor_then_faile
     for cid in ("a_ok", "c_ok"):
         assert m[cid]["status"] == "ok", m[cid]
         assert load_entry(out / m[cid]["entry"]).clip_id == cid
+
+
+def test_the_actors_device_follows_their_gpus_and_bad_engine_settings_are_refused(tmp_path, speech_clip):
+    from pipeline.config import load_config
+    from pipeline.errors import UserError
+    from pipeline.extract.ray_engine import ray_device
+
+    def ecfg(*sets: str):
+        return load_config(None, list(sets)).extract
+
+    assert ray_device(ecfg()) == "cpu"
+    assert ray_device(ecfg("extract.ray.num_gpus=1")) == "cuda"       # the driver needs no GPU of its own
+    assert ray_device(ecfg("extract.ray.num_gpus=0.5", 'extract.device="cpu"')) == "cpu"
+    with pytest.raises(UserError, match="num_gpus is 0") as e:
+        ray_device(ecfg('extract.device="cuda"'))
+    assert e.value.exit_code == 2
+    with pytest.raises(UserError, match="--ray-address 'nohost'") as e:
+        run_extract(PipelineConfig(), speech_clip, tmp_path / "c", None, None, engine="ray", ray_address="nohost")
+    assert e.value.exit_code == 2
+    with pytest.raises(UserError, match="unknown extract engine") as e:
+        run_extract(PipelineConfig(), speech_clip, tmp_path / "c", None, None, engine="spark")
+    assert e.value.exit_code == 2
+    assert not (tmp_path / "c").exists()
