@@ -44,6 +44,7 @@ from pipeline.extract.pool import run_in_process, run_pool, worker_job
 log = logging.getLogger(__name__)
 
 MANIFEST_EVERY_S = 2.0       # rewrite the manifest at most this often while clips finish
+MANIFEST_COST_FACTOR = 10.0  # ... and at most once per this many times the last rewrite's duration
 
 
 # ----------------------------------------------------------------------------- discovery and ids
@@ -172,12 +173,18 @@ def _entry_meta(path: Path) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------- the run
 
 class _Manifest:
-    """Records by clip index; rewritten atomically at most every MANIFEST_EVERY_S and at the end."""
+    """Records by clip index; rewritten atomically at most every MANIFEST_EVERY_S and at the end.
+
+    Each rewrite writes every record (23,000 records of a MOSEI-size corpus: ~24 MB, seconds), so the
+    interval also grows to MANIFEST_COST_FACTOR times the last rewrite's duration: the driver then spends
+    at most ~1/MANIFEST_COST_FACTOR of its time on the manifest, however many clips a cluster finishes.
+    """
 
     def __init__(self, out: Path, n: int):
         self.out = out
         self.records: list[dict[str, Any] | None] = [None] * n
         self.last = 0.0
+        self.write_s = 0.0
 
     def put(self, i: int, rec: dict[str, Any], force: bool = False) -> None:
         self.records[i] = rec
@@ -185,9 +192,10 @@ class _Manifest:
 
     def flush(self, force: bool = True) -> None:
         now = time.monotonic()
-        if force or now - self.last >= MANIFEST_EVERY_S:
+        if force or now - self.last >= max(MANIFEST_EVERY_S, MANIFEST_COST_FACTOR * self.write_s):
             write_manifest(self.out, [r for r in self.records if r is not None])
-            self.last = now
+            self.last = time.monotonic()
+            self.write_s = self.last - now
 
 
 def _progress(total: int):
