@@ -244,8 +244,9 @@ def run_extract(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | Non
 
     try:   # the entry keys need it (the ASR compute type differs on CUDA); imports torch for "auto"
         if engine == "ray":                # the actors' device, not this machine's
-            from pipeline.extract.ray_engine import ray_device
+            from pipeline.extract.ray_engine import ray_device, require_ray
 
+            require_ray()
             device = ray_device(ecfg)
         else:
             device = resolve_device(ecfg.device)

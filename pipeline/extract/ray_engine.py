@@ -50,6 +50,15 @@ ACTOR_DIED = ("the Ray worker died while extracting this clip, and again on a fr
               "code, or the process was killed, e.g. out of memory)")
 
 
+def require_ray() -> None:
+    """UserError (exit status 2) when Ray is not installed, before any clip is probed."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UserError("extract --engine ray needs Ray: run `make install` (it installs ray[client]==2.60.0), "
+                        "or use --engine local", exit_code=2)
+
+
 def ray_device(ecfg: Any) -> str:
     """The device of the actors' text encoder and speech recogniser (it enters the cache keys).
 
