@@ -35,11 +35,13 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
 from pipeline.serve.uploads import UploadError, check_clip, receive_upload
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fastapi import FastAPI, Request
-
     from pipeline.config import ServeConfig
     from pipeline.inference.predict import Predictor
 
@@ -88,16 +90,15 @@ def model_info(predictor: "Predictor") -> dict[str, Any]:
     return _json_safe(json.loads(json.dumps(info, default=str)))
 
 
-def _error(status: int, message: str, clip: str | None = None, headers: dict[str, str] | None = None):
-    from fastapi.responses import JSONResponse
-
+def _error(status: int, message: str, clip: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
     body: dict[str, Any] = {"status": "failed", "error": message}
     if clip is not None:
         body = {"clip": clip, **body}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _token_of(request: "Request") -> str:
+def _token_of(request: Request) -> str:
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
@@ -129,12 +130,8 @@ def _predict_blocking(predictor: "Predictor", clip_path: Path, name: str, explai
     return result
 
 
-def build_app(state: ServeState) -> "FastAPI":
+def build_app(state: ServeState) -> FastAPI:
     """The FastAPI application over ``state`` (see the module docstring for the routes)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from starlette.concurrency import run_in_threadpool
-
     settings = state.settings
     app = FastAPI(title="dhmd-pipeline serve", docs_url=None, redoc_url=None, openapi_url=None)
     static = resources.files("pipeline.serve") / "static"

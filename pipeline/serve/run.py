@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import shutil
+import signal
 import socket
 import tempfile
 from pathlib import Path
@@ -45,6 +46,14 @@ def _check_port_free(host: str, port: int) -> None:
                             exit_code=2) from None
 
 
+class _Stopped(Exception):
+    """SIGINT or SIGTERM: uvicorn has shut down (it re-raises the signal it caught); stop cleanly."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped(signum)
+
+
 def run_serve(cfg: "PipelineConfig", checkpoint: Path | None = None, host: str | None = None,
               port: int | None = None, token: str | None = None) -> int:
     """The CLI entry: load ``serve.max_concurrent`` predictors, serve until interrupted; 0."""
@@ -64,12 +73,18 @@ def run_serve(cfg: "PipelineConfig", checkpoint: Path | None = None, host: str |
     predictors = [Predictor(path, device=cfg.extract.device, top_atoms=cfg.predict.top_atoms)
                   for _ in range(settings.max_concurrent)]
     upload_root = Path(tempfile.mkdtemp(prefix="dhmd-serve-"))   # mode 0700: this user only
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         state = ServeState(predictors=predictors, settings=settings, upload_root=upload_root,
                            model_info=model_info(predictors[0]))
         log.info("serving %s on http://%s:%d/ (uploads in %s)", path, settings.host, settings.port, upload_root)
         uvicorn.run(build_app(state), host=settings.host, port=settings.port, log_level="warning",
                     access_log=False, timeout_graceful_shutdown=10)
+    except _Stopped:
+        pass
     finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         shutil.rmtree(upload_root, ignore_errors=True)
+    log.info("stopped; removed %s", upload_root)
     return 0
