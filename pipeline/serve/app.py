@@ -29,6 +29,7 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -48,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 TOKEN_COOKIE = "dhmd_serve_token"
+_PYPLOT = threading.Lock()        # matplotlib's pyplot is not thread-safe: one picture at a time
 STATIC_FILES = {"page.css": "text/css; charset=utf-8", "page.js": "text/javascript; charset=utf-8"}
 
 
@@ -109,14 +111,18 @@ def _predict_blocking(predictor: "Predictor", clip_path: Path, name: str, explai
     """One clip through Predictor.predict_one (the function behind ``predict --json``), in a worker thread.
 
     The answer is that entry as ``predict --json`` writes it, with ``clip`` = the uploaded name (the
-    server's own path never leaves it, not even inside an error message).
+    server's own path never leaves it, not even inside an error message).  With ``explain`` the
+    picture of ``predict --explain`` (drawn for the uploaded name) is added as ``explanation_png``
+    and its time counted in ``time_s``, as predict does; a picture that cannot be drawn fails the
+    clip, as in predict.
     """
-    from pipeline.inference.explain import explanation_path
+    from pipeline.errors import one_line
+    from pipeline.inference.explain import render_explanation
     from pipeline.inference.predict import to_json
 
-    explain_dir = clip_path.parent / "explain" if explain else None
     try:
-        result = predictor.predict_one(clip_path, explain_dir)
+        result = predictor.predict_one(clip_path)
+        features = predictor.last_features[-1] if predictor.last_features else None
     finally:   # a long-running server must not keep every clip's features
         predictor.last_times.clear()
         predictor.last_features.clear()
@@ -124,8 +130,16 @@ def _predict_blocking(predictor: "Predictor", clip_path: Path, name: str, explai
     result["clip"] = name
     if result.get("status") == "failed":
         result["error"] = str(result.get("error", "")).replace(str(clip_path), name)
-    elif explain_dir is not None:
-        png = explanation_path(explain_dir, clip_path.name).read_bytes()
+    elif explain and features is not None:
+        t0 = time.perf_counter()
+        try:
+            with _PYPLOT:
+                png = render_explanation(result, features)
+        except (MemoryError, Exception) as e:  # noqa: BLE001 - as predict: this clip fails, the server goes on
+            log.debug("%s: explanation failed", name, exc_info=True)
+            return {"clip": name, "status": "failed", "error": f"{name}: explanation failed: {one_line(e)}",
+                    "time_s": result.get("time_s")}
+        result["time_s"] = round(float(result.get("time_s") or 0.0) + time.perf_counter() - t0, 3)
         result["explanation_png"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     return result
 

@@ -17,7 +17,7 @@ async function describeModel() {
     const m = await r.json();
     if (!r.ok) throw new Error(m.error || r.statusText);
     const name = String(m.checkpoint || "").split("/").slice(-2).join("/");
-    let line = `model ${name} (${m.task}, epoch ${m.epoch + 1})`;
+    let line = `model ${name} (${m.task}, epoch ${m.epoch})`;
     const test = m.metrics && m.metrics.test;
     if (test && test.MAE !== undefined) line += ` · test MAE ${Number(test.MAE).toFixed(3)}`;
     if (test && test.Has0_acc_2 !== undefined) line += ` · test binary accuracy ${(100 * test.Has0_acc_2).toFixed(1)} %`;
