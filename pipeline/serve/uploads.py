@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FIELD = "file"                    # the form field holding the clip (curl -F file=@clip.mp4)
 FORM_SLACK_BYTES = 1 << 20        # the form around the file (boundaries, headers, other fields)
-REMUX_TIMEOUT_S = 120.0
+REENCODE_TIMEOUT_S = 300.0       # re-encoding a WebM upload (see _constant_rate)
+WEBCAM_FPS = 30
 MAX_NAME_CHARS = 200
 
 
@@ -172,18 +173,22 @@ async def receive_upload(headers: "dict[str, str] | object", stream: AsyncIterat
     return Upload(path=path, name=state["name"], size=state["size"])
 
 
-def _remux(upload: Upload) -> Path:
-    """A Matroska/WebM file rewritten (streams copied) so that it states its duration.
+def _constant_rate(upload: Upload) -> Path:
+    """A WebM/Matroska upload re-encoded at a constant frame rate, its duration stated.
 
-    Browsers' MediaRecorder writes WebM without a duration; ffmpeg's Matroska muxer writes one.
+    Browsers' MediaRecorder (the page's webcam recording) writes WebM without a duration and with a
+    variable frame rate on a 1 ms time base, and its audio may outlast its video: frame counting
+    would read it as a truncated video.  It becomes an mp4 (H.264 at ``WEBCAM_FPS`` frames/s, fast
+    preset; AAC audio), whose frame count is exact.
     """
-    out = upload.path.with_name("clip-remuxed.mkv")
+    out = upload.path.with_name("clip-cfr.mp4")
     try:
-        done = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(upload.path), "-map", "0",
-                               "-c", "copy", "-f", "matroska", str(out)],
-                              capture_output=True, timeout=REMUX_TIMEOUT_S, check=False)
+        done = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(upload.path), "-map", "0:v:0?",
+                               "-map", "0:a:0?", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18",
+                               "-fps_mode", "cfr", "-r", str(WEBCAM_FPS), "-c:a", "aac", "-f", "mp4", str(out)],
+                              capture_output=True, timeout=REENCODE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
-        raise UploadError(422, f"{upload.name}: corrupt video (reading it took over {REMUX_TIMEOUT_S:g} s)") from None
+        raise UploadError(422, f"{upload.name}: corrupt video (reading it took over {REENCODE_TIMEOUT_S:g} s)") from None
     if done.returncode != 0 or not out.is_file():
         cause = (done.stderr.decode("utf-8", "replace").strip().splitlines() or ["ffmpeg failed"])[-1]
         raise UploadError(422, f"{upload.name}: corrupt video ({cause.replace(str(upload.path), upload.name)})")
@@ -193,14 +198,14 @@ def _remux(upload: Upload) -> Path:
 def check_clip(upload: Upload, max_duration_s: float) -> "MediaInfo":
     """Probe the clip (ffprobe); UploadError unless it is a readable video with audio, short enough.
 
-    A WebM/Matroska upload is first remuxed so its duration is known (``upload.path`` then points at
-    the remuxed file).
+    A WebM upload (the page's webcam recordings) is first re-encoded at a constant frame rate
+    (``upload.path`` then points at that file).
     """
     from extractors.decode import probe
     from extractors.errors import ExtractionError
 
     if upload.path.suffix == ".webm":
-        upload.path = _remux(upload)
+        upload.path = _constant_rate(upload)
     try:
         info = probe(upload.path)
     except ExtractionError as e:

@@ -357,7 +357,7 @@ def _chromium():
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1100,1900", "--use-fake-ui-for-media-stream"):
+                "--window-size=1100,1900", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"):
         opts.add_argument(arg)
     return webdriver.Chrome(service=Service(executable_path=driver), options=opts)
 
@@ -390,5 +390,34 @@ def test_page_in_headless_chromium(server, clips: dict[str, Path]) -> None:
         shot = os.environ.get("DHMD_SERVE_SCREENSHOT")      # docs/serve-page.png is made this way
         if shot:
             browser.save_screenshot(shot)
+
+        # the webcam: Chromium's fake camera and microphone (a test pattern and a beep), recorded by
+        # MediaRecorder as WebM without a duration, uploaded and predicted (no face, no words: flagged)
+        browser.execute_script("document.getElementById('status').textContent = '';")
+        browser.find_element(By.ID, "cam-start").click()
+        WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "rec-start").is_enabled())
+        browser.find_element(By.ID, "rec-start").click()
+        time.sleep(2.5)
+        browser.find_element(By.ID, "rec-stop").click()
+        WebDriverWait(browser, 180).until(lambda b: "done" in b.find_element(By.ID, "status").text
+                                          or b.find_element(By.ID, "error").text)
+        assert browser.find_element(By.ID, "error").text == ""
+        assert browser.find_element(By.ID, "status").text.startswith("webcam-")
+        answer = json.loads(browser.find_element(By.ID, "json").get_attribute("textContent"))
+        assert answer["clip"].endswith(".webm") and answer["status"] == "ok"
+        assert -3.0 <= answer["score"] <= 3.0 and answer["frames"] > 0
     finally:
         browser.quit()
+
+
+# ------------------------------------------------------------------------------------ command line
+
+def test_serve_refuses_a_busy_port_and_a_missing_checkpoint(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = CliRunner().invoke(main, ["serve", "--port", str(port), "--checkpoint", str(tmp_path / "x.pt")])
+    assert res.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in res.output, res.output
+    res = CliRunner().invoke(main, ["serve", "--port", str(_free_port()), "--checkpoint", str(tmp_path / "x.pt")])
+    assert res.exit_code == 2 and "x.pt: checkpoint not found" in res.output, res.output
