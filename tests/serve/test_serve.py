@@ -421,3 +421,16 @@ def test_serve_refuses_a_busy_port_and_a_missing_checkpoint(tmp_path: Path) -> N
     assert res.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in res.output, res.output
     res = CliRunner().invoke(main, ["serve", "--port", str(_free_port()), "--checkpoint", str(tmp_path / "x.pt")])
     assert res.exit_code == 2 and "x.pt: checkpoint not found" in res.output, res.output
+
+
+def test_serve_finds_the_demo_model_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no --checkpoint, serve takes the newest best.pt as predict does, which includes the demo's
+    (demo.runs_dir/best.pt): here an unreadable one, so the refusal names the file it found."""
+    from pipeline.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    demo_best = Path(load_config().demo.runs_dir) / "best.pt"
+    demo_best.parent.mkdir(parents=True)
+    demo_best.write_bytes(b"not a checkpoint")
+    res = CliRunner().invoke(main, ["serve", "--port", str(_free_port())])
+    assert res.exit_code == 2 and f"{demo_best}: not a readable dhmd-pipeline checkpoint" in res.output, res.output
