@@ -83,8 +83,9 @@ def clips(tmp_path_factory: pytest.TempPathFactory, make_clip) -> dict[str, Path
     """A good short clip, a longer one, and bad inputs: corrupt, silent, text, audio only (wav, m4a)."""
     root = tmp_path_factory.mktemp("serve_clips")
     good = make_clip("The actors were brilliant and funny.", expression=0.6, seed=11)
-    long = make_clip("This sentence goes on for quite a while, much longer than the other one, "
-                     "so that the server refuses it as too long.", seed=13)
+    long = root / "long.mp4"                                  # the good clip twice over
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-stream_loop", "1", "-i", str(good), "-c", "copy",
+                    str(long)], check=True, timeout=60)
     corrupt = root / "corrupt.mp4"
     corrupt.write_bytes(good.read_bytes()[:3000])              # mp4 signature, no moov index
     text = root / "notes.mp4"
