@@ -150,6 +150,11 @@ def build_app(state: ServeState) -> FastAPI:
     app = FastAPI(title="dhmd-pipeline serve", docs_url=None, redoc_url=None, openapi_url=None)
     static = resources.files("pipeline.serve") / "static"
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error(500, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
     @app.middleware("http")
     async def require_token(request: Request, call_next):
         if settings.token and not hmac.compare_digest(_token_of(request).encode(), settings.token.encode()):
