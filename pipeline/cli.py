@@ -200,5 +200,21 @@ def demo(cfg: PipelineConfig, workdir: Path | None, sentences: int | None, epoch
     return run(cfg, workdir=workdir, sentences=sentences, epochs=epochs)
 
 
+@main.command()
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Model to serve (default: as predict: predict.checkpoint, else the newest best.pt in "
+                   "data/runs/*/ or data/runs/*/*/, e.g. the demo's data/runs/demo/best.pt).")
+@click.option("--host", type=str, default=None, help="Address to listen on (default: serve.host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: serve.port, 8000).")
+@click.option("--token", type=str, default=None,
+              help="Require this token on every request (default: serve.token; empty = none).")
+@common_options
+def serve(cfg: PipelineConfig, checkpoint: Path | None, host: str | None, port: int | None,
+          token: str | None) -> int:
+    """Serve a model over HTTP: POST /predict, a web page at /, GET /health and /model."""
+    run = _stage("pipeline.serve.run", "run_serve", "serve")
+    return run(cfg, checkpoint=checkpoint, host=host, port=port, token=token)
+
+
 if __name__ == "__main__":
     main()

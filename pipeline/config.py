@@ -241,6 +241,17 @@ class DemoConfig(_Section):
         return self
 
 
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    token: str = ""
+    max_upload_mb: float = Field(100.0, gt=0.0, le=10240.0)
+    max_duration_s: float = Field(120.0, gt=0.0, le=86400.0)
+    max_concurrent: int = Field(1, ge=1, le=64)
+    queue_size: int = Field(4, ge=0, le=1024)
+    queue_timeout_s: float = Field(300.0, gt=0.0, le=86400.0)
+
+
 class PipelineConfig(_Section):
     extract: ExtractConfig = ExtractConfig()
     align: AlignConfig = AlignConfig()
@@ -248,6 +259,7 @@ class PipelineConfig(_Section):
     train: TrainConfig = TrainConfig()
     predict: PredictConfig = PredictConfig()
     demo: DemoConfig = DemoConfig()
+    serve: ServeConfig = ServeConfig()
 
 
 # ------------------------------------------------------------------------------- messages

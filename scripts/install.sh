@@ -14,8 +14,11 @@ PIP=("$PYTHON" -m pip install --disable-pip-version-check -q)
 cd "$(dirname "$0")/.."
 PIN=("${PIP[@]}" -c scripts/constraints.txt)   # the tested versions
 
-# 1. System tools: ffmpeg (decode, probe) and espeak-ng (speech for tests and the demo).
+# 1. System tools: ffmpeg (decode, probe) and espeak-ng (speech for tests and the demo); chromium and
+#    chromium-driver: the browser test of the page of dhmd-pipeline serve (headless, via Selenium).
 missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 if [ ${#missing[@]} -gt 0 ]; then

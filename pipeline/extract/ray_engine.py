@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter, deque
-from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.errors import UserError
