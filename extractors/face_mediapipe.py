@@ -187,8 +187,9 @@ class _StderrSilencer:
 
     MediaPipe's C++ side prints absl warnings (``W0000 ... inference_feedback_manager``) and a TFLite
     notice straight to fd 2 from its graph threads, asynchronously, each time a graph starts;
-    Python's logging cannot reach them.  While a window is open, fd 2 is a pipe read by a thread that forwards every line to the real stderr except those, so nothing else (Python logs of
-    other threads, real errors) is lost.  Nested or concurrent windows share one pipe: the first opens
+    Python's logging cannot reach them.  While a window is open, fd 2 is a pipe read by a thread that
+    forwards every line to the real stderr except those, so nothing else (Python logs of other
+    threads, real errors) is lost.  Nested or concurrent windows share one pipe: the first opens
     it, the last restores fd 2 and waits for the forwarder to drain.  With debug logging on nothing is
     filtered.
     """
