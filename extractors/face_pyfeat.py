@@ -11,7 +11,10 @@ pipeline never depends on it; MediaPipe (``face.backend = "mediapipe"``) is the 
 Feature vector (31 dims, :data:`FEATURE_NAMES`), mapped from py-feat's own output columns:
 
 - ``AU01`` ... ``AU43``: the 20 AU intensities py-feat's Detector reports (its ``AU_LANDMARK_MAP
-  ["Feat"]`` list), kept under py-feat's names because they are py-feat's predictions.
+  ["Feat"]`` list).  py-feat's names are the FACS names of the shared vocabulary
+  (:mod:`extractors.face_aus`), so ``AU12`` means the lip corner puller here as in the MediaPipe
+  backend's derived AUs; the feature spec's ``face_backend`` / ``face_features`` still keep a model
+  trained on one backend from being fed the other's.
 - ``anger`` ... ``neutral``: its 7 emotion probabilities.
 - ``pose_pitch_deg``, ``pose_roll_deg``, ``pose_yaw_deg``: its ``Pitch``, ``Roll``, ``Yaw`` columns.
 - ``face_score``: its ``FaceScore`` (face detection confidence).

