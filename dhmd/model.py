@@ -66,6 +66,8 @@ class DHMDOutput:
     dict_attn_hetero: Tensor | None = None
     unimodal_homo: dict[str, Tensor] | None = None      # each space's auxiliary head alone (Table 7);
     unimodal_hetero: dict[str, Tensor] | None = None    # None for a space the model does not have
+    pooled_homo: Tensor | None = None                   # (B, 3, C) coarse features X_m^com pooled over real
+    pooled_hetero: Tensor | None = None                 # frames; hetero (B, 3, 2C) with CA (Figs. 7-8)
 
 
 @dataclass
@@ -195,7 +197,9 @@ class DHMD(nn.Module):
             prediction=prediction, unimodal=unimodal,
             edges_homo=homo.edges if homo else None, edges_hetero=hetero.edges,
             dict_attn_homo=homo.dict_attn if homo else None, dict_attn_hetero=hetero.dict_attn,
-            unimodal_homo=per_space[id(homo)] if homo else None, unimodal_hetero=per_space[id(hetero)])
+            unimodal_homo=per_space[id(homo)] if homo else None, unimodal_hetero=per_space[id(hetero)],
+            pooled_homo=torch.stack(homo.pooled, dim=1) if homo else None,
+            pooled_hetero=torch.stack(hetero.pooled, dim=1))
         if labels is not None:
             output.losses = self._losses(labels.to(device), prediction, spaces, homo, hetero, dec)
         return output
