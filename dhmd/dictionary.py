@@ -39,7 +39,7 @@ class DictionaryMatching(nn.Module):
 
     @property
     def temperature(self) -> float:
-        return float(self.log_temperature.exp())
+        return float(self.log_temperature.detach().exp())
 
     def forward(self, z: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         scale = self.scale * torch.exp(-self.log_temperature)

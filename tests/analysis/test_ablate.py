@@ -21,6 +21,7 @@ def _invoke(args: list[str]):
     return CliRunner().invoke(main, args, catch_exceptions=False)
 
 
+@pytest.mark.slow
 def test_two_rows_two_seeds_write_the_table(tmp_path: Path) -> None:
     data = make_pickle(tmp_path / "d.pkl", n_train=16, seed=5)
     out = tmp_path / "abl"
