@@ -12,7 +12,8 @@ use_gd, use_dm); the rows are every combination Table 6 reports that the switche
 
 ``ablate --data D --seeds 1,2,3 --out DIR [--rows full,no_gd]`` trains row ``r`` with ``train --seeds``
 into ``DIR/<r>/`` (its own summary.json), then writes ``DIR/ablation.json`` (per row and metric: mean,
-standard deviation with ddof 1, the per-seed values) and ``DIR/ablation.md`` (the table) and prints it.
+standard deviation with ddof 1, the per-seed values), ``DIR/ablation.md`` (the table) and
+``DIR/ablation.png`` (bars with the standard deviation) and prints the table.
 An interrupted ablation continues with ``--resume``: finished rows are read back, an unfinished one
 is resumed like ``train --resume``.  Every row uses the same data split (train.split_seed).
 """
@@ -40,6 +41,11 @@ ROWS: dict[str, tuple[str, dict[str, bool]]] = {
     "no_dm": ("w/o DM", {"model.use_dm": False}),
     "no_gd_dm": ("w/o GD and DM", {"model.use_gd": False, "model.use_dm": False}),
 }
+
+
+# the metrics drawn in ablation.png (Table 6 reports accuracy, F1 and MAE)
+PLOT_METRICS = {"regression": ("Has0_acc_2", "Mult_acc_7", "MAE"), "binary": ("Acc", "F1"),
+                "classification": ("Acc", "F1")}
 
 
 def parse_rows(text: str | None) -> list[str]:
@@ -104,6 +110,9 @@ def run_ablate(cfg: "PipelineConfig", data: Path | None, out: Path, seeds: str, 
     atomic_write_text(out / "ablation.json", json.dumps(table, indent=2) + "\n")
     atomic_write_text(out / "ablation.md", f"Table 6 rows, {table_rows[0]['split']} split, seeds {seeds_text} "
                                            f"(mean ± std, ddof 1)\n\n{text}\n")
+    from pipeline.analysis.figures import plot_ablation
+
+    plot_ablation(table, list(PLOT_METRICS[task]), out / "ablation.png")
     sys.stdout.write(f"{out}: ablation over seeds {seeds_text} (mean ± std)\n{text}\n")
     sys.stdout.flush()
     return 0

@@ -132,6 +132,22 @@ def plot_attention_maps(section: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_ablation(table: dict[str, Any], metrics: list[str], path: Path) -> Path:
+    """One panel per metric: each ablation row's mean over seeds with its standard deviation."""
+    fig, axes = _figure(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), layout="constrained", squeeze=False)
+    labels = [r["label"] for r in table["rows"]]
+    for ax, name in zip(axes[0], metrics):
+        means = [r["metrics"][name]["mean"] for r in table["rows"]]
+        stds = [r["metrics"][name]["std"] or 0.0 for r in table["rows"]]
+        means = [np.nan if m is None else m for m in means]
+        ax.bar(range(len(labels)), means, yerr=stds, capsize=4,
+               color=["tab:red" if r["row"] == "full" else "tab:gray" for r in table["rows"]])
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{name} (mean ± std over seeds {', '.join(map(str, table['seeds']))})", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
 PLOTS: dict[str, Callable[[dict[str, Any], Path], Path]] = {
     "unimodal_accuracy": plot_unimodal_accuracy,
     "edges_by_epoch": plot_edges_by_epoch,

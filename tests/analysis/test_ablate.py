@@ -44,6 +44,7 @@ def test_two_rows_two_seeds_write_the_table(tmp_path: Path) -> None:
     hist = json.loads((out / "no_gd" / "seed-1" / "metrics.jsonl").read_text().splitlines()[0])
     assert "dtl_hetero" not in hist["train"] and "dtl_hetero" in json.loads(
         (out / "full" / "seed-1" / "metrics.jsonl").read_text().splitlines()[0])["train"]
+    assert (out / "ablation.png").read_bytes().startswith(b"\x89PNG")
     md = (out / "ablation.md").read_text()
     assert "| DHMD (full) |" in md and "| w/o GD |" in md and "±" in md and "w/o GD" in res.stdout
     # a second call refuses to overwrite; --resume reads the finished rows back without training
