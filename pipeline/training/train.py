@@ -266,8 +266,11 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in bert_ids]
         groups = [{"params": params}]
         if bert_ids:
-            groups.append({"params": [p for p in self.model.bert.parameters() if p.requires_grad],
-                           "lr": t.bert_lr or t.lr})
+            bert_params = [p for p in self.model.bert.parameters() if p.requires_grad]
+            if resume and len(resume["optimizer"]["param_groups"]) == 1:   # a run from before bert_lr
+                groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+            else:
+                groups.append({"params": bert_params, "lr": t.bert_lr or t.lr})
         self.optimizer = torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
         self.mode = "min" if t.val_metric in LOWER_IS_BETTER else "max"
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
