@@ -127,12 +127,12 @@ def test_train_with_preset_mosi_fine_tunes_bert_with_dmds_step_rule(tmp_path, mo
     monkeypatch.setattr(torch.nn.utils, "clip_grad_value_", count("value", real_value))
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", count("norm", real_norm))
     monkeypatch.setattr(torch.optim.Adam, "step", count("step", real_step))
-    data = make_pickle(tmp_path / "mosi.pkl", n_train=40, seed=4)        # 3 batches of 16 per epoch
+    data = make_pickle(tmp_path / "mosi.pkl", n_train=40, seed=4)
     res = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--preset", "mosi",
                                     *set_args(TINY + ["train.epochs=1", "train.batch_size=4"])],
                              catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    # 10 batches of 4 per epoch: one step at the 10th batch (the epoch's last group has no batch left)
+    # 40 samples in batches of 4: one group of 10 batches, one (value-clipped) step
     assert calls == {"value": 1, "norm": 0, "step": 1}, calls
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["model"]["finetune_bert"] and cfg["model"]["bert_model"] == "builtin:minilm-l6"
