@@ -132,3 +132,35 @@ def test_recomputed_attention_weights_reproduce_the_layers_sdpa_output():
         k, v = (layer._split(t) for t in layer.to_kv(layer.norm_kv(src)).chunk(2, dim=-1))
         expected = attend(q, k, v, key_mask, 0.0)
     torch.testing.assert_close(w @ v, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("switches", [{"use_fd": False}, {"use_ca": False, "use_dm": False}])
+def test_sections_of_an_ablated_model_mark_what_it_lacks(tmp_path, switches):
+    """A model without FD has no homogeneous space; one without CA has no attention maps; without DM no
+    dictionary: those parts are None / empty, the rest is computed and every PNG is still written."""
+    from dhmd import DHMD, DHMDConfig
+    from pipeline.analysis import analyze as an
+
+    torch.manual_seed(0)
+    model = DHMD(DHMDConfig(text_dim=6, audio_dim=5, video_dim=4, hidden_dim=8, num_heads=2, num_layers=1,
+                            dictionary_size=8, gd_hidden=4, **switches)).eval()
+    rng = np.random.default_rng(0)
+    samples = [{"text": rng.normal(size=(7, 6)).astype(np.float32), "audio": rng.normal(size=(9, 5)).astype(np.float32),
+                "video": rng.normal(size=(5, 4)).astype(np.float32), "label": float(v), "id": f"s{i}"}
+               for i, v in enumerate(np.linspace(-2.5, 2.5, 12))]
+    res = an.collect(model, samples, None, 5, "cpu")
+    classes = an.sample_classes(res["labels"], "regression")
+    analysis = {"unimodal_accuracy": an.unimodal_accuracy(res, "regression"),
+                "edges_by_epoch": an.edges_by_epoch(tmp_path),
+                "feature_embedding": an.feature_embedding(res, classes),
+                "dictionary_by_class": an.dictionary_by_class(res, classes),
+                "attention_maps": an.attention_maps(model, samples, None, "cpu")}
+    no_homo = not switches.get("use_fd", True)
+    assert (analysis["unimodal_accuracy"]["homo"] is None) == no_homo
+    assert (analysis["feature_embedding"]["spaces"]["homo"] is None) == no_homo
+    assert analysis["feature_embedding"]["spaces"]["hetero"] is not None
+    assert (analysis["dictionary_by_class"]["spaces"]["hetero"] is None) == (not switches.get("use_dm", True))
+    assert (analysis["attention_maps"]["samples"] == []) == (not switches.get("use_ca", True))
+    assert analysis["edges_by_epoch"]["epochs"] == [] and "no edges" in analysis["edges_by_epoch"]["note"]
+    paths = an.plot_all(analysis, tmp_path)
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in paths) and len(paths) == 5
