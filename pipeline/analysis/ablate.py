@@ -96,10 +96,10 @@ def run_ablate(cfg: "PipelineConfig", data: Path | None, out: Path, seeds: str, 
         summary_path = row_dir / "summary.json"
         if not summary_path.is_file():
             log.info("ablation row %s (%s): seeds %s -> %s", name, label, seeds_text, row_dir)
+            rcfg = with_overrides(cfg, switches)
             if resume and (row_dir / "seeds.json").is_file():
-                run_train(cfg, resume=row_dir)
+                run_train(rcfg, resume=row_dir)
             else:
-                rcfg = with_overrides(cfg, switches)
                 run_train(rcfg, data=data, out=row_dir, preset=preset, seeds=seeds_text)
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         table_rows.append({"row": name, "label": label, "switches": switches, "split": summary["split"],
