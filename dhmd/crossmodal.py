@@ -4,7 +4,8 @@ For each target modality m, two cross-modal transformers let X_m^prt (queries) a
 other two modalities (keys/values); the two outputs are concatenated (B, T_m, 2C) (Eq. 10, "each modality
 will be reinforced by the two others and the resulting features will be concatenated").  As in MulT and
 the DMD code, a self-attention "memory" transformer then runs over the concatenation; it has
-min(3, num_layers) layers (MulT's 3 at the paper's 4 layers).  Layers are pre-LayerNorm with a 4x FFN
+max(3, num_layers) layers as in MulT and DMD (memory_layers; older models had min(3, num_layers)).
+attn_dropout may be one value per target modality (MulT's attn_dropout / _a / _v).  Layers are pre-LayerNorm with a 4x FFN
 (a cross-modal layer normalises its source with a LayerNorm of its own, a self-attention layer has none);
 inputs are scaled by sqrt(dim) and get fixed sinusoidal positions counted over real frames only.
 
@@ -128,18 +129,21 @@ class AttentionEncoder(nn.Module):
 class CrossmodalAttention(nn.Module):
     """All six cross-modal transformers plus one memory transformer per target modality."""
 
-    def __init__(self, dim: int, heads: int, layers: int, attn_dropout: float, relu_dropout: float,
-                 res_dropout: float, embed_dropout: float, n_modalities: int = 3) -> None:
+    def __init__(self, dim: int, heads: int, layers: int, attn_dropout: float | tuple[float, ...],
+                 relu_dropout: float, res_dropout: float, embed_dropout: float, n_modalities: int = 3,
+                 memory_layers: int | None = None) -> None:
         super().__init__()
         self.dim = dim
         self.n = n_modalities
-        drops = (attn_dropout, relu_dropout, res_dropout, embed_dropout)
+        attn = tuple(attn_dropout) if isinstance(attn_dropout, (tuple, list)) else (attn_dropout,) * n_modalities
+        depth = max(3, layers) if memory_layers is None else memory_layers
+        rest = (relu_dropout, res_dropout, embed_dropout)
         self.cross = nn.ModuleDict({
-            f"{s}_to_{t}": AttentionEncoder(dim, heads, layers, *drops, cross=True)
+            f"{s}_to_{t}": AttentionEncoder(dim, heads, layers, attn[t], *rest, cross=True)
             for t in range(n_modalities) for s in range(n_modalities) if s != t})
         mem_dim = (n_modalities - 1) * dim
         self.memory = nn.ModuleList(
-            AttentionEncoder(mem_dim, heads, min(3, layers), *drops) for _ in range(n_modalities))
+            AttentionEncoder(mem_dim, heads, depth, attn[t], *rest) for t in range(n_modalities))
 
     @property
     def out_dim(self) -> int:

@@ -9,8 +9,9 @@ Choices where the paper leaves room (each is the plainest reading of the equatio
 - L_mar (Eq. 4) and L_ctr (Eq. 13) share one function: all triplets (anchor i, positive j, negative k)
   in the batch with m[i] != m[j], m[i] = m[k], c[i] = c[j], c[i] != c[k], hinge on cosine similarity
   with margin alpha, averaged over the set.  Vectorised per anchor modality: (B, 2B, B) at most.
-- Triplet classes for regression labels: "sign" -> y >= 0 vs y < 0 (the Has0 convention of the metrics)
-  or "round" -> round(clip(y, -3, 3)), 7 classes.  Classification labels are used as they are.
+- Triplet classes for regression labels: "sign" -> y >= 0 vs y < 0 (the Has0 convention of the metrics),
+  "round" -> round(clip(y, -3, 3)), the 7 emotion classes Eq. 4/13 speak of, or "equal" -> the same
+  class only when the scores are equal (the DMD code's rule).  Classification labels are used as they are.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def triplet_classes(labels: Tensor, task: str, scheme: str) -> Tensor:
         return (labels >= 0).long()
     if scheme == "round":
         return torch.round(labels.float().clamp(-3.0, 3.0)).long()
+    if scheme == "equal":
+        return torch.unique(labels.float(), return_inverse=True)[1]
     raise ValueError(f"unknown triplet_classes {scheme!r}")
 
 

@@ -12,8 +12,8 @@
 
 Losses (Eq. 14): total = task + lambda_dec * (rec + cyc + gamma * (mar + ort))
                        + lambda_dtl * (dtl_homo + dtl_hetero) + lambda_dic * (ctr_homo + ctr_hetero).
-The task loss is the loss of the fused prediction plus the mean loss of the auxiliary unimodal heads (the
-DMD code trains them all with the task loss; the mean keeps the main prediction dominant).  L_mar is taken
+The task loss is the loss of the fused prediction plus the loss of the six auxiliary unimodal heads,
+their mean (aux_loss="mean") or their sum (aux_loss="sum", as the DMD code trains them).  L_mar is taken
 on the pooled X_m^com; L_ctr on the dictionary reconstructions.
 
 Ablations (Table 6): use_fd=False leaves one space (the projected features take the heterogeneous path:
@@ -57,12 +57,17 @@ class DHMDOutput:
 
     prediction: Tensor                                  # (B,) regression, (B, n_classes) logits otherwise
     unimodal: dict[str, Tensor]                         # "text"/"audio"/"video" -> same shape as prediction
+                                                        # (the mean of the spaces' auxiliary heads)
     losses: dict[str, Tensor] = field(default_factory=dict)   # empty without labels
     edges_homo: Tensor | None = None                    # (B, 3, 3), W[b, teacher, student], zero diagonal,
                                                         # the six off-diagonal entries of a sample sum to 1
     edges_hetero: Tensor | None = None
     dict_attn_homo: Tensor | None = None                # (B, 3, K), rows sum to 1
     dict_attn_hetero: Tensor | None = None
+    unimodal_homo: dict[str, Tensor] | None = None      # each space's auxiliary head alone (Table 7);
+    unimodal_hetero: dict[str, Tensor] | None = None    # None for a space the model does not have
+    pooled_homo: Tensor | None = None                   # (B, 3, C) coarse features X_m^com pooled over real
+    pooled_hetero: Tensor | None = None                 # frames; hetero (B, 3, 2C) with CA (Figs. 7-8)
 
 
 @dataclass
@@ -80,9 +85,10 @@ class _Space:
 
 class DHMD(nn.Module):
     """The DHMD model; see the module docstring.  pretrained_bert=False (with finetune_bert) builds the
-    BERT from its config only, for loading a checkpoint that holds the fine-tuned weights."""
+    BERT from its config only, for loading a checkpoint that holds the fine-tuned weights.  bert_path:
+    where to load cfg.bert_model from when the caller has resolved its name (a folder), else the name."""
 
-    def __init__(self, cfg: DHMDConfig, pretrained_bert: bool = True) -> None:
+    def __init__(self, cfg: DHMDConfig, pretrained_bert: bool = True, bert_path: str | None = None) -> None:
         super().__init__()
         cfg.validate()
         self.config = cfg
@@ -93,8 +99,9 @@ class DHMD(nn.Module):
         text_in = cfg.text_dim
         if cfg.finetune_bert:
             from .text_encoder import BertTextEncoder
-            self.bert = BertTextEncoder(cfg.bert_model, pretrained=pretrained_bert)
+            self.bert = BertTextEncoder(bert_path or cfg.bert_model, pretrained=pretrained_bert)
             text_in = self.bert.hidden_size
+        self.text_dropout = nn.Dropout(cfg.text_dropout)
         self.in_dims = (text_in, cfg.audio_dim, cfg.video_dim)
         kernels = (cfg.kernel_text, cfg.kernel_audio, cfg.kernel_video)
         self.projections = nn.ModuleList(TemporalProjection(d, c, k) for d, k in zip(self.in_dims, kernels))
@@ -102,15 +109,16 @@ class DHMD(nn.Module):
         # homogeneous space exists only with feature decoupling
         self.decoupler = FeatureDecoupler(c) if cfg.use_fd else None
         self.crossmodal = CrossmodalAttention(
-            c, cfg.num_heads, cfg.num_layers, cfg.attn_dropout, cfg.relu_dropout, cfg.res_dropout,
-            cfg.embed_dropout) if cfg.use_ca else None
+            c, cfg.num_heads, cfg.num_layers, cfg.attn_dropouts, cfg.relu_dropout, cfg.res_dropout,
+            cfg.embed_dropout, memory_layers=cfg.memory_depth) if cfg.use_ca else None
         hetero_dim = self.crossmodal.out_dim if cfg.use_ca else c
 
         def space(dim: int) -> tuple[nn.Module, nn.Module | None, nn.Module | None]:
             head = Float32Linear(dim, out)             # f (theta_1), auxiliary head; fp32 under autocast
             gd = GraphDistillationUnit(dim, out, cfg.gd_hidden, classification, cfg.gd_prior) \
                 if cfg.use_gd else None
-            dm = DictionaryMatching(dim, cfg.dictionary_size) if cfg.use_dm else None
+            dm = DictionaryMatching(dim, cfg.dictionary_size, cfg.dict_temperature, cfg.dict_learn_temperature,
+                                    cfg.dict_scale_sqrt_d) if cfg.use_dm else None
             return head, gd, dm
 
         blocks: list[int] = []
@@ -159,6 +167,7 @@ class DHMD(nn.Module):
         # zero the padding with the caller's masks first: a row without any real frame then has an
         # all-zero frame 0 where `masks` promoted it, not whatever its padding held
         inputs = [zero_padded(x.float(), o) for x, o in zip(inputs, observed)]
+        inputs[0] = self.text_dropout(inputs[0])
         feats = [proj(x, m) for proj, x, m in zip(self.projections, inputs, masks)]
 
         # 1) feature decoupling -> homogeneous / heterogeneous sequences
@@ -178,14 +187,19 @@ class DHMD(nn.Module):
         prediction = self.fusion([b for s in spaces for b in s.blocks])   # fp32: head runs without autocast
         unimodal = {name: torch.stack([s.logits[m] for s in spaces]).mean(0)
                     for m, name in enumerate(MODALITIES)}
+        per_space = {id(s): dict(zip(MODALITIES, s.logits)) for s in spaces}
         if cfg.task == "regression":
             prediction = prediction.squeeze(-1)
             unimodal = {k: v.squeeze(-1) for k, v in unimodal.items()}
+            per_space = {k: {m: v.squeeze(-1) for m, v in d.items()} for k, d in per_space.items()}
 
         output = DHMDOutput(
             prediction=prediction, unimodal=unimodal,
             edges_homo=homo.edges if homo else None, edges_hetero=hetero.edges,
-            dict_attn_homo=homo.dict_attn if homo else None, dict_attn_hetero=hetero.dict_attn)
+            dict_attn_homo=homo.dict_attn if homo else None, dict_attn_hetero=hetero.dict_attn,
+            unimodal_homo=per_space[id(homo)] if homo else None, unimodal_hetero=per_space[id(hetero)],
+            pooled_homo=torch.stack(homo.pooled, dim=1) if homo else None,
+            pooled_hetero=torch.stack(hetero.pooled, dim=1))
         if labels is not None:
             output.losses = self._losses(labels.to(device), prediction, spaces, homo, hetero, dec)
         return output
@@ -198,7 +212,8 @@ class DHMD(nn.Module):
             raise ValueError(f"labels must be (B,) = ({prediction.shape[0]},), got {tuple(labels.shape)}")
         aux = [task_loss(lg.squeeze(-1) if cfg.task == "regression" else lg, labels, cfg.task)
                for s in spaces for lg in s.logits]
-        losses = {"task": task_loss(prediction, labels, cfg.task) + torch.stack(aux).mean()}
+        aux_total = torch.stack(aux).sum() if cfg.aux_loss == "sum" else torch.stack(aux).mean()
+        losses = {"task": task_loss(prediction, labels, cfg.task) + aux_total}
         classes = triplet_classes(labels, cfg.task, cfg.triplet_classes)
         total = losses["task"]
         if dec is not None:

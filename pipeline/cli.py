@@ -95,6 +95,8 @@ def main() -> None:
       dhmd-pipeline extract videos/      transcript, BERT tokens, face and acoustic features
       dhmd-pipeline train                train DHMD on the extracted cache (or an MMSA pickle)
       dhmd-pipeline predict clip.mp4     sentiment for new clips, with explanations
+      dhmd-pipeline analyze --checkpoint best.pt --out DIR   the paper's analyses
+      dhmd-pipeline ablate --seeds 1,2,3 --out DIR           Table 6 ablation rows
     """
 
 
@@ -184,6 +186,45 @@ def export(cfg: PipelineConfig, data: Path | None, fmt: str, out: Path) -> int:
     """Write extracted features in the MMSA pickle layout."""
     run = _stage("pipeline.training.export", "run_export", "export")
     return run(cfg, data=data, fmt=fmt, out=out)
+
+
+@main.command()
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="A best.pt or last.pt from train (its run folder's metrics.jsonl gives the edges per epoch).")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Cache folder or MMSA pickle (default: the data the checkpoint was trained on).")
+@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for analysis.json and one PNG per analysis.")
+@common_options
+def analyze(cfg: PipelineConfig, checkpoint: Path, data: Path | None, split: str, out: Path) -> int:
+    """The paper's analyses of a trained model (Table 7, Figs. 4-12) into OUT/analysis.json and PNGs."""
+    run = _stage("pipeline.analysis.analyze", "run_analyze", "analyze")
+    return run(cfg, checkpoint=checkpoint, out=out, data=data, split=split)
+
+
+@main.command()
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Cache folder from extract, or an MMSA pickle (default: train.data).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder: one train --seeds run folder per row, ablation.json and ablation.md.")
+@click.option("--seeds", type=str, required=True, help="Comma-separated seeds per row, e.g. 1,2,3.")
+@click.option("--rows", type=str, default=None,
+              help="Comma-separated rows (default all): full, no_fd, no_ca, no_gd, no_dm, no_gd_dm.")
+@click.option("--preset", type=click.Choice(["mosi", "mosei", "urfunny", "mustard"]), default=None,
+              help="A dataset's recipe (as train --preset); --set values win.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted ablation in OUT.")
+@common_options
+def ablate(cfg: PipelineConfig, data: Path | None, out: Path, seeds: str, rows: str | None,
+           preset: str | None, resume: bool) -> int:
+    """Train the rows of Table 6 (component ablations) over seeds; print and write the table."""
+    params = click.get_current_context().params
+    if preset:   # as train: the preset sits between the settings file and --set
+        from pipeline.training.presets import preset_overrides
+
+        cfg = load_config(params["config_path"], params["overrides"], preset=preset_overrides(preset))
+    run = _stage("pipeline.analysis.ablate", "run_ablate", "ablate")
+    return run(cfg, data=data, out=out, seeds=seeds, rows=rows, preset=preset, resume=resume)
 
 
 @main.command()

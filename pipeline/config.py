@@ -161,14 +161,23 @@ class ModelConfig(_Section):
     lambda_dic: float = Field(0.1, ge=0.0)
     gamma: float = Field(0.1, ge=0.0)
     alpha: float = Field(0.1, ge=0.0)
-    triplet_classes: Literal["sign", "round"] = "sign"
+    triplet_classes: Literal["sign", "round", "equal"] = "sign"
     gd_prior: bool = False
     use_fd: bool = True
     use_ca: bool = True
     use_gd: bool = True
     use_dm: bool = True
     finetune_bert: bool = False
-    bert_model: str = "bert-base-uncased"
+    bert_model: str = "builtin:minilm-l6"
+    # issue 13: the recipe settings (dhmd.DHMDConfig documents each)
+    text_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    attn_dropout_audio: float = Field(-1.0, ge=-1.0, lt=1.0)
+    attn_dropout_video: float = Field(-1.0, ge=-1.0, lt=1.0)
+    aux_loss: Literal["mean", "sum"] = "mean"
+    memory_layers: int = Field(0, ge=-1, le=24)
+    dict_temperature: float = Field(1.0, gt=0.0)
+    dict_learn_temperature: bool = False
+    dict_scale_sqrt_d: bool = False
 
     @model_validator(mode="after")
     def _heads(self) -> "ModelConfig":
@@ -184,6 +193,8 @@ class TrainConfig(_Section):
     lr: float = Field(1e-4, gt=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     grad_clip: float = Field(0.6, ge=0.0)
+    grad_clip_mode: Literal["norm", "value"] = "norm"
+    bert_lr: float = Field(0.0, ge=0.0, le=1.0)
     grad_accum: int = Field(1, ge=1, le=1024)
     lr_factor: float = Field(0.5, gt=0.0, lt=1.0)
     lr_patience: int = Field(5, ge=0, le=1000)

@@ -83,15 +83,27 @@ def config_of(ckpt: dict[str, Any], path: Path) -> "PipelineConfig":
                         f"({e.error_count()} problems, e.g. {e.errors()[0]['loc']})", exit_code=2) from None
 
 
+def bert_path(finetune_bert: bool, bert_model: str) -> str | None:
+    """Where to load model.bert_model from: the package folder of a ``builtin:`` name (offline), a
+    local folder, or the hub name itself; None when BERT is not fine-tuned.  ModelLoadError when a
+    builtin package is missing."""
+    if not finetune_bert:
+        return None
+    from extractors.text import resolve_text_model
+
+    return resolve_text_model(bert_model)[0]
+
+
 def build_model(ckpt: dict[str, Any], path: Path, device: str = "cpu") -> "DHMD":
     """The DHMD of a checkpoint with its weights, on ``device``, in eval mode."""
     from dhmd import DHMD, DHMDConfig
+    from extractors.errors import ModelLoadError
 
     try:
         mcfg = DHMDConfig.from_dict(dict(ckpt["model_config"]))
-        model = DHMD(mcfg, pretrained_bert=False)
+        model = DHMD(mcfg, pretrained_bert=False, bert_path=bert_path(mcfg.finetune_bert, mcfg.bert_model))
         model.load_state_dict(ckpt["model_state"])
-    except (ValueError, RuntimeError, KeyError, OSError) as e:
+    except (ValueError, RuntimeError, KeyError, OSError, ModelLoadError) as e:
         raise UserError(f"{path}: the model in the checkpoint cannot be rebuilt ({str(e).splitlines()[0]})",
                         exit_code=2) from None
     return model.to(device).eval()

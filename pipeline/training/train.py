@@ -3,7 +3,8 @@
 One run (:class:`Trainer`) writes into its folder (``--out``, default ``data/runs/<timestamp>``)::
 
     config.json       the resolved settings (preset and --set applied; .extract = how the cache was made)
-    metrics.jsonl     one line per epoch: lr, every train and valid loss term, every valid metric
+    metrics.jsonl     one line per epoch: lr, every train and valid loss term, every valid metric, and
+                      "edges": the mean HoGD / HeGD edge matrices on the valid split (Figs. 9-10)
     best.pt, last.pt  checkpoints (pipeline.training.checkpoint): best.pt the weights of the best validation
                       epoch, last.pt those of the latest epoch (also after the run has finished) plus
                       optimizer, scheduler, RNG and progress; last.pt is written after every epoch
@@ -11,7 +12,8 @@ One run (:class:`Trainer`) writes into its folder (``--out``, default ``data/run
     loss_curves.png   loss terms and the validation metric per epoch
     edges.png         mean HoGD / HeGD edge matrices of best.pt on the valid split
 
-Optimisation: Adam (lr, weight decay), gradient-norm clipping, gradient accumulation (the gradient
+Optimisation: Adam (lr, weight decay; a fine-tuned BERT at ``train.bert_lr``), gradient clipping by
+norm or by value (``train.grad_clip_mode``), gradient accumulation (the gradient
 of one update is the mean over its ``train.grad_accum`` batches; the epoch's last update averages
 the batches it actually has), ReduceLROnPlateau and early stopping on ``train.val_metric`` (stop
 after ``train.early_stop_patience`` epochs without improvement), at most ``train.epochs`` epochs.
@@ -225,6 +227,8 @@ class Trainer:
         import torch
 
         from dhmd import DHMD, DHMDConfig
+        from extractors.errors import ModelLoadError
+        from pipeline.training.checkpoint import bert_path
         from pipeline.training.dataset import Normalizer, SampleDataset, label_scheme
         from pipeline.training.evaluate import resolve_device
         from pipeline.training.metrics import LOWER_IS_BETTER
@@ -248,16 +252,26 @@ class Trainer:
         except ValueError as e:
             raise UserError(f"[model] settings cannot build DHMD: {e}", exit_code=2) from None
         try:
-            self.model = DHMD(self.model_config, pretrained_bert=resume is None).to(self.device)
-        except OSError as e:   # the BERT to fine-tune cannot be found or read
+            self.model = DHMD(self.model_config, pretrained_bert=resume is None,
+                              bert_path=bert_path(cfg.model.finetune_bert, cfg.model.bert_model)).to(self.device)
+        except (OSError, ModelLoadError) as e:   # the BERT to fine-tune cannot be found or read
             raise UserError(f"cannot load model.bert_model = {cfg.model.bert_model!r} for model.finetune_bert "
                             f"({str(e).splitlines()[0]}); point it at a local model folder", exit_code=2) from None
         self.normalizer = (Normalizer.from_state(resume["norm"]) if resume
                            else Normalizer.fit(self.train_samples))
         self.train_ds = SampleDataset(self.train_samples, self.normalizer)
         self.label_scheme = label_scheme(cfg.model.task, cfg.model.n_classes)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+        # the fine-tuned BERT is a param group of its own (train.bert_lr; 0 = train.lr), after the rest
+        bert_ids = {id(p) for p in self.model.bert.parameters()} if self.model.bert is not None else set()
+        params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in bert_ids]
+        groups = [{"params": params}]
+        if bert_ids:
+            bert_params = [p for p in self.model.bert.parameters() if p.requires_grad]
+            if resume and len(resume["optimizer"]["param_groups"]) == 1:   # a run from before bert_lr
+                groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+            else:
+                groups.append({"params": bert_params, "lr": t.bert_lr or t.lr})
+        self.optimizer = torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
         self.mode = "min" if t.val_metric in LOWER_IS_BETTER else "max"
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode=self.mode, factor=t.lr_factor, patience=t.lr_patience)
@@ -340,7 +354,9 @@ class Trainer:
             group = min(t.grad_accum, steps - (i // t.grad_accum) * t.grad_accum)
             (loss.float() / group).backward()
             if (i + 1) % t.grad_accum == 0 or i + 1 == steps:
-                if t.grad_clip > 0:
+                if t.grad_clip > 0 and t.grad_clip_mode == "value":      # DMD: clip_grad_value_
+                    torch.nn.utils.clip_grad_value_(self.model.parameters(), t.grad_clip)
+                elif t.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -380,6 +396,9 @@ class Trainer:
         p["history"].append({"epoch": epoch + 1, "lr": lr, "train": train_losses, "valid": res.losses,
                              "valid_metrics": {k: json_safe(v) for k, v in metrics.items()},
                              "val_metric": t.val_metric, "val_value": json_safe(value), "best": improved,
+                             # mean HoGD / HeGD edge matrices on the valid split this epoch (analyze)
+                             "edges": {k: (None if v is None else np.asarray(v).tolist())
+                                       for k, v in res.edges.items()},
                              "time_s": round(time.perf_counter() - start, 3)})
         atomic_write_text(self.out / "metrics.jsonl",
                           "".join(json.dumps(h) + "\n" for h in p["history"]))

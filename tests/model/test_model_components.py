@@ -277,7 +277,7 @@ def test_dictionary_matching_equations_and_masked_max():
     z = torch.randn(2, 5, 4)
     mask = lengths_to_mask([5, 2], 5)
     alpha, recon = dm(z, mask)
-    scores = z @ dm.atoms.T / 2.0
+    scores = z @ dm.atoms.T                                                     # Eq. 11 as written
     expected0 = torch.softmax(scores[0].max(0).values, -1)
     expected1 = torch.softmax(scores[1, :2].max(0).values, -1)                 # padded frames ignored
     assert torch.allclose(alpha[0], expected0, atol=1e-6) and torch.allclose(alpha[1], expected1, atol=1e-6)
@@ -286,6 +286,26 @@ def test_dictionary_matching_equations_and_masked_max():
     z2 = z.clone()
     z2[1, 2:] = 1e4
     assert torch.allclose(dm(z2, mask)[0], alpha)
+
+
+def test_dictionary_temperature_settings():
+    """temperature t and dict_scale_sqrt_d divide the scores; a learnable temperature gets a gradient."""
+    torch.manual_seed(0)
+    z = torch.randn(2, 5, 4)
+    mask = lengths_to_mask([5, 2], 5)
+    plain = DictionaryMatching(dim=4, size=6)
+    for kwargs, divisor in (({"scale_sqrt_d": True}, 2.0), ({"temperature": 3.0}, 3.0),
+                            ({"temperature": 0.5, "scale_sqrt_d": True}, 1.0)):
+        dm = DictionaryMatching(dim=4, size=6, **kwargs)
+        dm.atoms.data.copy_(plain.atoms.data)
+        expected = torch.softmax((z[0] @ plain.atoms.T / divisor).max(0).values, -1)
+        assert torch.allclose(dm(z, mask)[0][0], expected, atol=1e-6), kwargs
+    fixed = DictionaryMatching(dim=4, size=6, temperature=2.0)
+    assert "log_temperature" not in dict(fixed.named_parameters()) and abs(fixed.temperature - 2.0) < 1e-6
+    learn = DictionaryMatching(dim=4, size=6, temperature=2.0, learn_temperature=True)
+    alpha, recon = learn(z, mask)
+    (alpha[:, 0].sum() + recon.sum()).backward()
+    assert learn.log_temperature.grad is not None and learn.log_temperature.grad.abs() > 0
 
 
 # -------------------------------------------------------------------------------------- fusion
