@@ -11,7 +11,10 @@ Distributed data parallel (one model replica per process):
   step (it must divide), drawn by a ``DistributedSampler`` whose permutation is the single-process
   one (seed ``seed * 1000003 + epoch`` via ``set_epoch``), so with equal shares the N processes together
   see the single process's batches and DDP's averaged gradient is the single process's gradient.
-  A train split that does not divide by N is padded by the sampler with repeated samples.
+  A train split that does not divide by N is padded by the sampler with repeated samples.  Losses
+  that are taken over a whole batch (the frame means of L_rec, L_cyc, L_ort; the triplets of L_mar and
+  L_ctr) are taken over each process's share, as in any DDP run; the per-sample ones (task, L_dtl) and
+  their gradients equal the single process's.
 * validation and test run on a strided share per process and are gathered into the whole split in its
   order before any metric is computed (:func:`evaluate_samples`), so every process gets the same
   metrics and takes the same learning-rate and early-stopping decisions.
