@@ -83,16 +83,17 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
     from pipeline.config import load_config
     from pipeline.training.train import run_train
 
-    # 36 train samples in global batches of 12 (6 a process): 3 steps an epoch; 9 valid and 9 test
-    # samples, so the two processes get uneven shares of what they evaluate
+    # 36 train samples in one global batch of 36 (18 a process): an epoch is one step, so each line of
+    # metrics.jsonl holds the loss of one step; 9 valid and 9 test samples, so the two processes get
+    # uneven shares of what they evaluate
     data = make_pickle(tmp_path / "d.pkl", n_train=36, seed=5)
-    settings = TINY + NO_DROPOUT + PER_SAMPLE_LOSSES + ["train.batch_size=12", "train.epochs=3", "train.device=cpu"]
+    settings = TINY + NO_DROPOUT + PER_SAMPLE_LOSSES + ["train.batch_size=36", "train.epochs=4", "train.device=cpu"]
     assert run_train(load_config(None, settings), data=data, out=tmp_path / "one") == 0
     res = _cli("train", "--nproc", "2", "--data", str(data), "--out", str(tmp_path / "two"), *set_args(settings))
     assert res.returncode == 0, res.stderr
     one, two = _history(tmp_path / "one"), _history(tmp_path / "two")
-    assert [h["epoch"] for h in two] == [1, 2, 3]
-    for a, b in zip(one, two):      # every epoch's train losses (the mean over its 3 steps) and valid metrics
+    assert [h["epoch"] for h in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two):      # every step's train losses, the valid losses and metrics after it
         for split in ("train", "valid"):
             _close({k: a[split][k] for k in PER_SAMPLE_TERMS}, {k: b[split][k] for k in PER_SAMPLE_TERMS})
         _close(a["valid_metrics"], b["valid_metrics"])
@@ -121,6 +122,7 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
         assert results["valid"][name] == pytest.approx(value, rel=1e-6, abs=1e-6), name
 
 
+@pytest.mark.slow        # three 2-process runs
 def test_killed_distributed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     data = make_pickle(tmp_path / "d.pkl", n_train=160, seed=3)
     settings = set_args(TINY + ["train.batch_size=8", "train.epochs=3", "train.lr_patience=0", "train.device=cpu",
