@@ -11,8 +11,8 @@ after the model and the batch were built (before the warm-up steps), i.e. what t
 
 Variants (--variant, repeatable; each is timed in its own rows, --set applies on top of each):
     paper            the paper's defaults (Table 1)
-    no-attn-dropout  attn_dropout=0: on CPU SDPA then takes its fused (flash) kernel and the attention
-                     core is not recomputed in the backward pass; on CUDA the fused kernels run either way
+    no-attn-dropout  attn_dropout=0: on CPU SDPA then takes its fused (flash) kernel instead of
+                     dhmd.dropout_attention's path; on CUDA the fused kernels run either way
 
 The public DMD code (mdswyz/DMD, the CVPR 2023 predecessor) is timed beside it at the same shapes with
 --dmd-repo PATH, a checkout of https://github.com/mdswyz/DMD (bench/dmd_reference.py says how its step
@@ -192,13 +192,18 @@ def main() -> int:
           f"DHMD with the paper's defaults (variants: {', '.join(args.variant)})"
           f"{' with ' + ', '.join(args.overrides) if args.overrides else ''}, padding={args.padding}, "
           f"{args.steps} timed steps after {args.warmup} warm-up\n")
-    print("| variant | parameters | device | precision | batch | step ms | samples/s | peak memory MiB "
-          "| memory measure |")
-    print("|---|---:|---|---|---:|---:|---:|---:|---|")
+    # x DMD: samples/s over the public DMD code's at the same device and batch (when it was timed)
+    dmd = {(r["device"], r["batch"]): r for r in rows if r["variant"] == "public DMD code"}
+    print("| variant | parameters | device | precision | batch | step ms | samples/s | x DMD samples/s "
+          "| peak memory MiB | x DMD memory | memory measure |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         dev = r["device"] + (f" ({r['threads']} threads)" if r["device"] == "cpu" else "")
+        ref = dmd.get((r["device"], r["batch"]))
+        speed = f"{r['sps'] / ref['sps']:.2f}" if ref else "-"
+        mem = f"{r['mem'] / ref['mem']:.2f}" if ref and ref["mem"] > 0 else "-"
         print(f"| {r['variant']} | {r['params'] / 1e6:.2f} M | {dev} | {r['precision']} | {r['batch']} | "
-              f"{r['ms']:.0f} | {r['sps']:.1f} | {r['mem']:.0f} | {r['mem_kind']} |")
+              f"{r['ms']:.0f} | {r['sps']:.2f} | {speed} | {r['mem']:.0f} | {mem} | {r['mem_kind']} |")
     return 0
 
 

@@ -13,9 +13,9 @@ Attention is torch.nn.functional.scaled_dot_product_attention with a key-padding
 never act as keys.  On CUDA the head dimension is zero-padded to a multiple of 8 (the paper's C=50 with
 10 heads has head size 5, which the fused flash / memory-efficient kernels refuse); zero columns change
 neither q.k nor the output, and the softmax scale stays 1/sqrt(true head size).  When no frame in the
-batch is padded the mask is dropped so SDPA may use its fastest kernel.  On CPU, training with attention
-dropout falls back to SDPA's math path, which materialises the attention matrices; there the attention
-core is recomputed in the backward pass (activation checkpointing, same dropout mask) instead of stored.
+batch is padded the mask is dropped so SDPA may use its fastest kernel.  On CPU, attention with dropout
+goes to dropout_attention.py instead of SDPA's math path (which draws every dropout mask with bernoulli_
+and keeps the attention matrices): the same mathematics, chunked, with cheap masks drawn again in backward.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
+from .dropout_attention import dropout_attention
 from .masks import positions
 from .projection import sinusoidal_positions
 
@@ -37,6 +37,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, dropout_p: 
     pad_head_to: zero-pad the head size up to a multiple of this (None: 8 on CUDA when needed, else off).
     """
     head = q.shape[-1]
+    if dropout_p > 0 and not q.is_cuda:     # CPU SDPA has no fused kernel with dropout
+        return dropout_attention(q, k, v, key_mask, dropout_p, 1.0 / math.sqrt(head))
     if pad_head_to is None:
         pad_head_to = 8 if q.is_cuda else 1
     padded = -(-head // pad_head_to) * pad_head_to
@@ -89,12 +91,7 @@ class AttentionLayer(nn.Module):
         k, v = self.to_kv(kv_in).chunk(2, dim=-1)
         dropout_p = self.attn_dropout if self.training else 0.0
         q, k, v = self._split(self.to_q(q_in)), self._split(k), self._split(v)
-        if dropout_p > 0 and not q.is_cuda and torch.is_grad_enabled():
-            # CPU SDPA has no fused kernel with dropout: its math path would keep several (B, h, Tq, Tk)
-            # tensors per layer for backward (7 GB at MOSI shapes, batch 16).  Recompute them instead.
-            out = checkpoint(attend, q, k, v, key_mask, dropout_p, use_reentrant=False)
-        else:
-            out = attend(q, k, v, key_mask, dropout_p)
+        out = attend(q, k, v, key_mask, dropout_p)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         x = x + self.res_drop(self.proj(out))
         return x + self.res_drop(self.ff(self.norm_ff(x)))

@@ -132,18 +132,41 @@ def extract(cfg: PipelineConfig, videos_dir: Path, out: Path | None, labels: Pat
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Continue a killed run from DIR/last.pt.")
 @click.option("--seeds", type=str, default=None, help="Comma-separated seeds, one run each, e.g. 1,2,3.")
+@click.option("--parallel", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="With --seeds: train this many seeds at once (one GPU each when there are GPUs, "
+                   "else processes sharing the CPU cores).")
+@click.option("--nproc", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Train one model with N local processes (DDP: gloo on CPU, NCCL on CUDA, one GPU each); "
+                   "torchrun --nproc_per_node N is detected the same way.")
 @common_options
 def train(cfg: PipelineConfig, data: Path | None, out: Path | None, preset: str | None,
-          resume: Path | None, seeds: str | None) -> int:
+          resume: Path | None, seeds: str | None, parallel: int, nproc: int) -> int:
     """Train DHMD on extracted features or an MMSA pickle."""
     params = click.get_current_context().params
+    if nproc > 1:   # start N copies of this command as one distributed run, and wait for them
+        launch = _stage("pipeline.training.distributed", "launch_local", "train")
+        return launch(nproc, _without_option(sys.argv[1:], "--nproc"))
     if preset:   # the preset sits between the settings file and --set, so --set values win
         from pipeline.training.presets import preset_overrides
 
         cfg = load_config(params["config_path"], params["overrides"], preset=preset_overrides(preset))
     run = _stage("pipeline.training.train", "run_train", "train")
     set_keys = [o.split("=", 1)[0].strip() for o in params["overrides"] or ()]
-    return run(cfg, data=data, out=out, preset=preset, resume=resume, seeds=seeds, set_keys=set_keys)
+    return run(cfg, data=data, out=out, preset=preset, resume=resume, seeds=seeds, set_keys=set_keys,
+               parallel=parallel)
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE`` (what --nproc's processes are started with)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(f"{name}="):
+            out.append(arg)
+    return out
 
 
 @main.command()

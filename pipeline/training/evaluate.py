@@ -76,8 +76,9 @@ class PassResult:
 
 
 def run_model(model: "DHMD", samples: Sequence[dict], normalizer: "Normalizer | None", batch_size: int,
-              device: str, amp: bool = True, desc: str = "eval") -> PassResult:
-    """Predict every sample (eval mode, no gradients); losses when the samples carry labels."""
+              device: str, amp: bool = True, desc: str = "eval", progress: bool = True) -> PassResult:
+    """Predict every sample (eval mode, no gradients); losses when the samples carry labels.
+    ``progress=False``: no progress bar (ranks > 0 of a distributed run)."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -92,7 +93,8 @@ def run_model(model: "DHMD", samples: Sequence[dict], normalizer: "Normalizer | 
     edge_sums: dict[str, Any] = {"homo": None, "hetero": None}
     n = 0
     with torch.inference_mode():
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=None, leave=False, file=sys.stderr):
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=None if progress else True, leave=False,
+                          file=sys.stderr):
             args, kwargs = model_inputs(model, batch, device)
             y = batch.get("labels")
             with autocast(device, amp):

@@ -26,7 +26,8 @@ CPU).  A resume uses the run's own config.json (``--set`` values that differ fro
 and ignored) and refuses (exit 2) data whose feature spec or splits (sample ids per split, stored
 as a fingerprint in every checkpoint) differ from what the run was trained on.  ``--seeds 1,2,3``
 trains one run per seed in ``DIR/seed-<n>/`` on one fixed split and writes ``summary.json`` with the
-mean and standard deviation (ddof 1) of every test metric.
+mean and standard deviation (ddof 1) of every test metric; ``--parallel K`` trains K seeds at once.
+Under torchrun or ``--nproc N`` a run is data-parallel over N processes (pipeline.training.distributed).
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.files import atomic_write_text
+from pipeline.training import distributed
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.errors import UserError
 
@@ -243,7 +245,8 @@ class Trainer:
             log.warning("no validation samples: best.pt and early stopping use the training split")
             self.valid_samples = self.train_samples
         self.test_samples = self.bundle.splits["test"]
-        self.device = resolve_device(t.device)
+        self.device = distributed.train_device(resolve_device(t.device))
+        self.dist = distributed.current()
         seed_everything(t.seed)
         text_dim, audio_dim, video_dim = self.bundle.dims
         try:
@@ -279,14 +282,16 @@ class Trainer:
                                          "stopped": False, "finished": False, "preset": self.preset,
                                          "history": []}
         self.splits = split_fingerprint(self.bundle)
+        distributed.seed_rank(t.seed)
         if resume:
             self._check_resume(resume)
             self.model.load_state_dict(resume["model_state"])
             self.optimizer.load_state_dict(resume["optimizer"])
             self.scheduler.load_state_dict(resume["scheduler"])
             self.progress = dict(resume["progress"])
-            set_rng_state(resume["rng"])
+            set_rng_state(distributed.rank_rng(resume) or resume["rng"])
             self.preset = self.progress.get("preset", self.preset)
+        self.step_model = distributed.wrap_model(self.model, self.device)   # DDP in a distributed run
 
     def _check_resume(self, resume: dict[str, Any]) -> None:
         """Refuse (exit 2) to continue a last.pt on data with another feature spec or other splits."""
@@ -317,22 +322,24 @@ class Trainer:
         payload = self._payload(self.progress["epoch"], self.progress["best"])
         payload.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                        rng=rng_state(), progress=self.progress)
-        save_checkpoint(self.out / "last.pt", payload)
+        ranks = distributed.gather_rng(payload["rng"])     # collective: every rank gets here
+        if ranks is not None:
+            payload["rng_ranks"] = ranks
+        if self.dist.is_main:
+            save_checkpoint(self.out / "last.pt", payload)
 
     # ---------------------------------------------------------------- epochs
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         import torch
-        from torch.utils.data import DataLoader, RandomSampler
+        from torch.utils.data import DataLoader
         from tqdm import tqdm
 
         from pipeline.training.dataset import collate
         from pipeline.training.evaluate import autocast, model_inputs
 
         t = self.cfg.train
-        gen = torch.Generator()
-        gen.manual_seed(t.seed * 1_000_003 + epoch)
-        loader = DataLoader(self.train_ds, batch_size=t.batch_size,
-                            sampler=RandomSampler(self.train_ds, generator=gen),
+        loader = DataLoader(self.train_ds, batch_size=distributed.local_batch_size(t.batch_size),
+                            sampler=distributed.train_sampler(self.train_ds, t.seed, epoch),
                             collate_fn=collate, num_workers=t.num_workers,
                             pin_memory=self.device.startswith("cuda"))
         self.model.train()
@@ -340,12 +347,12 @@ class Trainer:
         n = 0
         steps = len(loader)
         self.optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", disable=None, leave=False,
-                   file=sys.stderr)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False, file=sys.stderr,
+                   disable=None if self.dist.is_main else True)
         for i, batch in enumerate(bar):
             args, kwargs = model_inputs(self.model, batch, self.device)
             with autocast(self.device, t.amp):
-                out = self.model(*args, **kwargs, labels=batch["labels"].to(self.device))
+                out = self.step_model(*args, **kwargs, labels=batch["labels"].to(self.device))
             loss = out.losses["total"]
             if not torch.isfinite(loss):
                 raise UserError(f"training diverged in epoch {epoch + 1} (loss {float(loss)}); lower train.lr "
@@ -365,13 +372,12 @@ class Trainer:
             for k, v in out.losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach().float()) * b
             bar.set_postfix(loss=f"{sums['total'] / n:.4f}")
+        sums, n = distributed.sum_over_ranks(sums, n)
         return {k: v / max(n, 1) for k, v in sums.items()}
 
     def _validate(self, desc: str) -> tuple[dict[str, float], Any]:
-        from pipeline.training.evaluate import evaluate_samples
-
         t = self.cfg.train
-        return evaluate_samples(self.model, self.valid_samples, self.normalizer, self.cfg.model.task,
+        return distributed.evaluate_samples(self.model, self.valid_samples, self.normalizer, self.cfg.model.task,
                                 t.batch_size, self.device, t.amp, desc=desc)
 
     def _epoch(self, epoch: int) -> None:
@@ -390,7 +396,8 @@ class Trainer:
         improved = is_better(t.val_metric, value, p["best"])
         if improved:
             p.update(best=value, best_epoch=epoch + 1, bad_epochs=0)
-            save_checkpoint(self.out / "best.pt", self._payload(epoch + 1, value))
+            if self.dist.is_main:
+                save_checkpoint(self.out / "best.pt", self._payload(epoch + 1, value))
         else:
             p["bad_epochs"] += 1
         p["history"].append({"epoch": epoch + 1, "lr": lr, "train": train_losses, "valid": res.losses,
@@ -400,8 +407,9 @@ class Trainer:
                              "edges": {k: (None if v is None else np.asarray(v).tolist())
                                        for k, v in res.edges.items()},
                              "time_s": round(time.perf_counter() - start, 3)})
-        atomic_write_text(self.out / "metrics.jsonl",
-                          "".join(json.dumps(h) + "\n" for h in p["history"]))
+        if self.dist.is_main:
+            atomic_write_text(self.out / "metrics.jsonl",
+                              "".join(json.dumps(h) + "\n" for h in p["history"]))
         p["epoch"] = epoch + 1
         if t.early_stop_patience and p["bad_epochs"] >= t.early_stop_patience:
             p["stopped"] = True
@@ -413,7 +421,6 @@ class Trainer:
 
     # ---------------------------------------------------------------- finish
     def _finish(self) -> dict[str, Any]:
-        from pipeline.training.evaluate import evaluate_samples
         from pipeline.training.metrics import json_safe
         from pipeline.training.plots import plot_edge_matrices, plot_loss_curves
 
@@ -421,22 +428,24 @@ class Trainer:
         best_path = self.out / "best.pt"
         # best.pt is evaluated in the model; the final epoch's weights come back before last.pt is saved
         final_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        distributed.barrier()                     # rank 0 has written best.pt
         if best_path.is_file():
             self.model.load_state_dict(load_checkpoint(best_path)["model_state"])
-        else:   # no epoch ever gave a finite validation value: keep the last weights as best
+        elif self.dist.is_main:   # no epoch ever gave a finite validation value: keep the last weights as best
             save_checkpoint(best_path, self._payload(p["epoch"], None))
         task = self.cfg.model.task
         valid_metrics, valid_res = self._validate(desc="valid (best)")
         test_metrics = None
         if self.test_samples:
-            test_metrics, _ = evaluate_samples(self.model, self.test_samples, self.normalizer, task,
+            test_metrics, _ = distributed.evaluate_samples(self.model, self.test_samples, self.normalizer, task,
                                                t.batch_size, self.device, t.amp, desc="test")
         else:
             log.warning("no test samples: results.json has validation metrics only")
-        if p["history"]:
+        if p["history"] and self.dist.is_main:
             plot_loss_curves(p["history"], self.out / "loss_curves.png", t.val_metric)
-        plot_edge_matrices(valid_res.edges, self.out / "edges.png",
-                           title=f"mean edge weights on the valid split (best epoch {p['best_epoch']})")
+        if self.dist.is_main:
+            plot_edge_matrices(valid_res.edges, self.out / "edges.png",
+                               title=f"mean edge weights on the valid split (best epoch {p['best_epoch']})")
         results = {"task": task, "seed": t.seed, "preset": self.preset, "data": str(self.bundle.path),
                    "best_epoch": p["best_epoch"], "epochs_run": p["epoch"], "stopped_early": p["stopped"],
                    "val_metric": t.val_metric, "best_val": json_safe(p["best"]) if p["best"] is not None else None,
@@ -445,7 +454,8 @@ class Trainer:
                    "test": None if test_metrics is None else {k: json_safe(v) for k, v in test_metrics.items()},
                    "edges": {k: (None if v is None else np.asarray(v).tolist())
                              for k, v in valid_res.edges.items()}}
-        _write_json(self.out / "results.json", results)
+        if self.dist.is_main:
+            _write_json(self.out / "results.json", results)
         p["finished"] = True
         self.model.load_state_dict(final_state)
         self._save_last()
@@ -455,7 +465,7 @@ class Trainer:
         """Train (or continue from a last.pt dict), test best.pt, write every run file; the results."""
         self.out.mkdir(parents=True, exist_ok=True)
         self._build(resume)
-        if resume is None:
+        if resume is None and self.dist.is_main:
             _write_json(self.out / "config.json", self.cfg.model_dump(mode="json"))
         elif self.progress.get("finished") and (self.out / "results.json").is_file():
             log.info("%s: this run had already finished", self.out)
@@ -520,24 +530,50 @@ def _load_bundle(cfg: "PipelineConfig") -> tuple["PipelineConfig", "DataBundle"]
     return resolve_for_data(cfg, bundle), bundle
 
 
-def _train_seeds(cfg: "PipelineConfig", bundle: "DataBundle", out: Path, seeds: list[int],
-                 preset: str | None, resume: bool) -> int:
+def _train_one_seed(cfg: "PipelineConfig", bundle: "DataBundle", out: Path, seed: int, preset: str | None,
+                    resume: bool) -> dict[str, Any]:
+    """The run of one seed in ``out/seed-<seed>`` (continued from its last.pt with ``resume``)."""
     from pipeline.config import with_overrides
 
+    sub = out / f"seed-{seed}"
+    scfg = with_overrides(cfg, {"train.seed": seed, "train.out": str(sub)})
+    trainer = Trainer(scfg, bundle, sub, preset)
+    if resume and (sub / "last.pt").is_file():
+        return trainer.run(resume=load_checkpoint(sub / "last.pt"))
+    if sub.exists() and distributed.current().is_main:
+        for name in RUN_FILES + ("best.pt", "results.json"):
+            (sub / name).unlink(missing_ok=True)
+    distributed.barrier()
+    return trainer.run()
+
+
+def _seed_job(cfg_dump: dict[str, Any], out: str, seed: int, preset: str | None, resume: bool) -> dict[str, Any]:
+    """One seed in a --parallel worker process: loads the data itself, trains, returns the results."""
+    from pipeline.config import PipelineConfig
+
+    cfg, bundle = _load_bundle(PipelineConfig.model_validate(cfg_dump))
+    return _train_one_seed(cfg, bundle, Path(out), seed, preset, resume)
+
+
+def _train_seeds(cfg: "PipelineConfig", bundle: "DataBundle", out: Path, seeds: list[int],
+                 preset: str | None, resume: bool, parallel: int = 1) -> int:
+    from pipeline.training.evaluate import resolve_device
+
     results: dict[int, dict[str, Any]] = {}
+    if parallel > 1 and len(seeds) > 1:
+        use_cuda = resolve_device(cfg.train.device) == "cuda"
+        log.info("training seeds %s, %d at a time", ", ".join(map(str, seeds)), parallel)
+        dump = cfg.model_dump(mode="json")
+        done = distributed.run_parallel(_seed_job, [(dump, str(out), s, preset, resume) for s in seeds],
+                                        parallel, use_cuda)
+        results = dict(zip(seeds, done))
     for seed in seeds:
-        sub = out / f"seed-{seed}"
-        scfg = with_overrides(cfg, {"train.seed": seed, "train.out": str(sub)})
-        trainer = Trainer(scfg, bundle, sub, preset)
-        if resume and (sub / "last.pt").is_file():
-            results[seed] = trainer.run(resume=load_checkpoint(sub / "last.pt"))
-        else:
-            if sub.exists():
-                for name in RUN_FILES + ("best.pt", "results.json"):
-                    (sub / name).unlink(missing_ok=True)
-            results[seed] = trainer.run()
-        _print_results(results[seed], sub)
-    summarize_seeds(out, results)
+        if seed not in results:
+            results[seed] = _train_one_seed(cfg, bundle, out, seed, preset, resume)
+        if distributed.current().is_main:
+            _print_results(results[seed], out / f"seed-{seed}")
+    if distributed.current().is_main:
+        summarize_seeds(out, results)
     return 0
 
 
@@ -562,7 +598,8 @@ def _resume(run_dir: Path, given: "PipelineConfig | None" = None, set_keys: list
     if seeds_path.is_file():
         info = json.loads(seeds_path.read_text())
         cfg, bundle = _load_bundle(cfg)
-        return _train_seeds(cfg, bundle, run_dir, [int(s) for s in info["seeds"]], info.get("preset"), True)
+        return _train_seeds(cfg, bundle, run_dir, [int(s) for s in info["seeds"]], info.get("preset"), True,
+                            _check_parallel(int(info.get("parallel", 1))))
     cfg, bundle = _load_bundle(cfg)
     trainer = Trainer(cfg, bundle, run_dir, preset)
     last = run_dir / "last.pt"
@@ -572,13 +609,33 @@ def _resume(run_dir: Path, given: "PipelineConfig | None" = None, set_keys: list
     else:   # killed during the first epoch: nothing to continue from, start that run again
         log.info("%s has no last.pt yet: starting the run from the beginning", run_dir)
         results = trainer.run()
-    _print_results(results, run_dir)
+    if distributed.current().is_main:
+        _print_results(results, run_dir)
     return 0
+
+
+def _check_parallel(parallel: int) -> int:
+    if parallel > 1 and distributed.current().enabled:
+        raise UserError("--parallel runs seeds in processes of its own; it cannot run inside a distributed "
+                        "run (torchrun / --nproc): use one or the other", exit_code=2)
+    return parallel
 
 
 def run_train(cfg: "PipelineConfig", data: Path | None = None, out: Path | None = None,
               preset: str | None = None, resume: Path | None = None, seeds: str | None = None,
-              set_keys: list[str] | None = None) -> int:
+              set_keys: list[str] | None = None, parallel: int = 1) -> int:
+    """The ``train`` command; in a distributed environment (torchrun, ``--nproc``) every process
+    runs it and they train one model together (pipeline.training.distributed).  ``parallel``: with
+    ``seeds``, how many seeds train at once."""
+    distributed.setup(cfg.train.device)
+    try:
+        return _run_train(cfg, data, out, preset, resume, seeds, set_keys, parallel)
+    finally:
+        distributed.teardown()
+
+
+def _run_train(cfg: "PipelineConfig", data: Path | None, out: Path | None, preset: str | None,
+               resume: Path | None, seeds: str | None, set_keys: list[str] | None, parallel: int) -> int:
     """The ``train`` command.  ``cfg`` already holds the preset (the CLI folds ``--preset`` in between
     the settings file and ``--set``; use :func:`pipeline.training.presets.apply_preset` when calling this
     directly); ``preset`` is only recorded.  ``resume`` continues a run folder with its own settings;
@@ -591,19 +648,25 @@ def run_train(cfg: "PipelineConfig", data: Path | None = None, out: Path | None 
             log.warning("--resume uses the run's own settings; --data/--out/--seeds are ignored")
         return _resume(Path(resume), cfg, set_keys)
     seed_list = parse_seeds(seeds)
+    if parallel > 1 and not seed_list:
+        raise UserError("--parallel K needs --seeds (it trains K of the seeds at once)", exit_code=2)
+    _check_parallel(parallel)
     out_dir = Path(out) if out else (Path(cfg.train.out) if cfg.train.out else default_run_dir())
     overrides: dict[str, Any] = {"train.out": str(out_dir)}
     if data is not None:
         overrides["train.data"] = str(data)
     cfg = with_overrides(cfg, overrides)
     _check_fresh(out_dir)
+    distributed.barrier()                # every rank has checked before rank 0 writes anything
     cfg, bundle = _load_bundle(cfg)
     check_val_metric(cfg.train.val_metric, cfg.model.task)
     if seed_list:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(out_dir / "config.json", cfg.model_dump(mode="json"))
-        _write_json(out_dir / "seeds.json", {"seeds": seed_list, "preset": preset})
-        return _train_seeds(cfg, bundle, out_dir, seed_list, preset, resume=False)
+        if distributed.current().is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(out_dir / "config.json", cfg.model_dump(mode="json"))
+            _write_json(out_dir / "seeds.json", {"seeds": seed_list, "preset": preset, "parallel": parallel})
+        return _train_seeds(cfg, bundle, out_dir, seed_list, preset, resume=False, parallel=parallel)
     results = Trainer(cfg, bundle, out_dir, preset).run()
-    _print_results(results, out_dir)
+    if distributed.current().is_main:
+        _print_results(results, out_dir)
     return 0
