@@ -20,6 +20,7 @@ _COMMON: dict[str, Any] = {
     "model.lambda_dec": 0.1, "model.lambda_dtl": 0.05, "model.lambda_dic": 0.1,
     "model.gamma": 0.1, "model.alpha": 0.1, "model.gd_hidden": 32, "model.dictionary_size": 512,
     "train.batch_size": 16, "train.epochs": 30,
+    "train.modality_dropout": 0.0,   # the paper trains without modality dropout
 }
 
 
