@@ -420,7 +420,7 @@ def corpus_statistics(specs: Sequence[ClipSpec]) -> dict[str, Any]:
     return out
 
 
-def _look_kwargs(spec: ClipSpec) -> Look:
+def _spec_look(spec: ClipSpec) -> Look:
     look = spec.look
     if isinstance(look, dict):   # a spec read back from JSON
         look = Look(**{k: tuple(v) if isinstance(v, list) else v for k, v in look.items()})
@@ -450,7 +450,7 @@ def _render(spec: ClipSpec, out_dir: Path) -> str:
     tmp = out_dir / f".{spec.clip_id}.{os.getpid()}.part"
     try:
         make_clip(tmp, spec.text, voice=spec.voice, rate=spec.rate, pitch=spec.pitch, fps=spec.fps,
-                  expression=spec.expression, seed=spec.seed, identity=spec.identity, look=_look_kwargs(spec))
+                  expression=spec.expression, seed=spec.seed, identity=spec.identity, look=_spec_look(spec))
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
