@@ -59,6 +59,11 @@ def test_sign_follows_the_words_over_an_unseen_unwarped_face(tmp_path):
     assert len(rows) == 6
     for r in rows:
         assert r["identity"] == dc.TEST_IDENTITIES[0] and r["expression"] == 0.0
-        assert np.sign(r["score"]) == np.sign(r["label"]), (r["text"], r["score"], r["unimodal"])
+        # Clearly on the words' side, not only by sign.  A model trained the old way on these same
+        # clips (every training face following the words, no modality dropout) also gets the signs,
+        # but the astronaut's own smile pulls its negative sentences up to -0.5 ... -0.7 (video head
+        # +2.2); this one gives -2.9 and +1.7 ... +1.8 (measured when the test was written).
+        assert np.sign(r["score"]) == np.sign(r["label"]) and abs(r["score"]) >= 1.0, \
+            (r["text"], r["score"], r["unimodal"])
     # the words' head is what carries it: its sign is right on every clip
     assert all(np.sign(r["unimodal"]["text"]) == np.sign(r["label"]) for r in rows)
