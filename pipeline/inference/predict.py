@@ -25,6 +25,12 @@ Result of one clip (``--json`` prints a JSON array of these; :func:`format_table
                   positive); classification: the predicted class for 2 classes, else null
     unimodal      {"text", "audio", "video"}: the auxiliary unimodal heads (a score each, clipped
                   to [-3, 3] like score, or {class: p} for classification)
+    disagreement  how far the unimodal heads pull different ways (:func:`modality_disagreement`):
+                  {"spread": max - min of the three head scores (0..6; classification: the largest
+                  total-variation distance between two heads' probabilities, 0..1), "level": "low",
+                  "moderate" or "high", "against": the modalities whose head clearly points the
+                  other way from the fused prediction (e.g. ["video"] when the face smiles at
+                  negative words)}
     edges_homo, edges_hetero
                   3x3 nested lists, order text, audio, video; edges[i][j] is the weight of the
                   distillation edge i -> j: row i = teacher (source), column j = student (target);
@@ -275,6 +281,7 @@ class Predictor:
             res.update(probabilities=pred, label_7=best if len(pred) == 7 else None,
                        label_2=best if len(pred) == 2 else None)
         res["unimodal"] = {m: self._head(out.unimodal[m]) for m in MODALITIES}
+        res["disagreement"] = modality_disagreement(res["unimodal"], res.get("score", res.get("probabilities")))
         for space in SPACES:
             edges = getattr(out, f"edges_{space}")
             res[f"edges_{space}"] = None if edges is None else edges[0].float().cpu().tolist()
@@ -382,17 +389,66 @@ def _strongest_edges(edges: list[list[float]] | None, n: int = 2) -> str:
     return ", ".join(f"{a}->{b} {w:.2f}" for w, a, b in pairs[:n])
 
 
+# Thresholds of modality_disagreement's "level": spread below the first is low, below the second
+# moderate, else high (regression: score units on the -3..3 scale; classification: TV distance).
+DISAGREEMENT_LEVELS = {"regression": (1.0, 2.0), "classification": (0.25, 0.5)}
+CLEAR_SCORE = 0.5   # a regression head "points" positive/negative only beyond +-CLEAR_SCORE
+
+
+def modality_disagreement(unimodal: dict[str, Any], fused: Any) -> dict[str, Any]:
+    """How far the unimodal heads of one clip disagree, and which ones go against the fused result.
+
+    Regression (float scores): ``spread`` is the largest minus the smallest head score; a head is
+    ``against`` the fusion when it is beyond +-:data:`CLEAR_SCORE` on the other side of 0 from the
+    fused score (a fused score within +-CLEAR_SCORE has no side, so nothing is against it).
+    Classification ({class: p}): ``spread`` is the largest total-variation distance between two
+    heads; a head is ``against`` when its most likely class differs from the fused one.  ``level``
+    reads the spread with :data:`DISAGREEMENT_LEVELS`; "high" also whenever a head is against the
+    fusion, so a user sees at once when the face and the words pull different ways.
+    """
+    heads = [m for m in MODALITIES if unimodal.get(m) is not None]
+    if not heads:
+        return {"spread": None, "level": None, "against": []}
+    if isinstance(unimodal[heads[0]], dict):
+        kind = "classification"
+        probs = {m: np.array([unimodal[m][c] for c in sorted(unimodal[m])]) for m in heads}
+        spread = max((0.5 * float(np.abs(probs[a] - probs[b]).sum()) for a in heads for b in heads), default=0.0)
+        top = max(fused, key=fused.get) if isinstance(fused, dict) else None
+        against = [m for m in heads if top is not None and max(unimodal[m], key=unimodal[m].get) != top]
+    else:
+        kind = "regression"
+        scores = [float(unimodal[m]) for m in heads]
+        spread = max(scores) - min(scores)
+        side = 0 if fused is None or abs(float(fused)) <= CLEAR_SCORE else int(np.sign(float(fused)))
+        against = [m for m in heads if side and float(unimodal[m]) * side < -CLEAR_SCORE]
+    low, high = DISAGREEMENT_LEVELS[kind]
+    level = "low" if spread < low else "moderate" if spread < high else "high"
+    if against:
+        level = "high"
+    return {"spread": round(float(spread), 3), "level": level, "against": against}
+
+
+def _fmt_disagreement(d: dict[str, Any] | None) -> str:
+    if not d or d.get("level") is None:
+        return "-"
+    text = f"{d['level']} {d['spread']:.2f}"
+    return text + (" (" + ",".join(d["against"]) + " against)" if d.get("against") else "")
+
+
 def format_table(results: list[dict[str, Any]]) -> str:
     """The results as a plain-text table, then a few indented lines per clip (transcript, flags, edges).
 
     The ``flags`` column and a ``caution`` line per flag (:data:`FLAG_NOTES`) show when a prediction
-    rests on less than the three modalities (no face, no words, estimated word times).
+    rests on less than the three modalities (no face, no words, estimated word times); the
+    ``disagreement`` column (level, spread, the heads against the fusion) when the modalities pull
+    different ways.
     """
-    header = ["clip", "prediction", "label_7", "label_2", "text", "audio", "video", "face", "flags", "time_s"]
+    header = ["clip", "prediction", "label_7", "label_2", "text", "audio", "video", "disagreement", "face",
+              "flags", "time_s"]
     rows = []
     for r in results:
         if r.get("status") == "failed":
-            rows.append([Path(r["clip"]).name, "FAILED", "-", "-", "-", "-", "-", "-", "-",
+            rows.append([Path(r["clip"]).name, "FAILED", "-", "-", "-", "-", "-", "-", "-", "-",
                          f"{r.get('time_s', 0):.2f}"])
             continue
         if r.get("score") is not None:
@@ -402,7 +458,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
         uni = r.get("unimodal", {})
         rows.append([Path(r["clip"]).name, pred, str(r.get("label_7") or "-"), str(r.get("label_2") or "-"),
                      _fmt_head(uni.get("text")), _fmt_head(uni.get("audio")), _fmt_head(uni.get("video")),
-                     f"{r['face_frames']}/{r['frames']}", ",".join(r.get("flags") or []) or "-",
+                     _fmt_disagreement(r.get("disagreement")), f"{r['face_frames']}/{r['frames']}", ",".join(r.get("flags") or []) or "-",
                      f"{r['time_s']:.2f}"])
     widths = [max(len(h), *(len(row[k]) for row in rows)) if rows else len(h) for k, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),

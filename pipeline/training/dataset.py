@@ -169,6 +169,34 @@ def collate(samples: list[dict]) -> dict[str, "torch.Tensor"]:
     return batch
 
 
+def drop_modalities(batch: dict[str, Any], p: float, generator: "torch.Generator") -> "torch.Tensor":
+    """Modality dropout (``train.modality_dropout``): with chance ``p`` per sample and modality, blank
+    that modality in a collated ``batch`` (in place); returns the (B, 3) bool tensor of what was
+    dropped, in :data:`MODALITIES` order.
+
+    A blanked audio or video sample is all zeros (after the normaliser, the training mean: "no
+    information"), its mask unchanged; blanked text is zeros too, and with BERT ids (``text_bert``)
+    only the [CLS] token stays.  No sample loses all three: then one of them, chosen at random, is
+    kept.  Training so cannot lean on one modality alone, because every modality is sometimes absent.
+    """
+    import torch
+
+    n = len(batch["ids"])
+    drop = torch.rand((n, len(MODALITIES)), generator=generator) < p
+    everything = drop.all(dim=1)
+    if everything.any():
+        keep = torch.randint(0, len(MODALITIES), (int(everything.sum()),), generator=generator)
+        rows = everything.nonzero(as_tuple=True)[0]
+        drop[rows, keep] = False
+    for k, name in enumerate(MODALITIES):
+        rows = drop[:, k]
+        if rows.any():
+            batch[name][rows] = 0.0
+            if name == "text" and "text_bert" in batch:
+                batch["text_bert"][rows, :, 1:] = 0
+    return drop
+
+
 # ------------------------------------------------------------------------------------------ normaliser
 
 class Normalizer:

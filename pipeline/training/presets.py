@@ -37,6 +37,7 @@ _PAPER: Recipe = {
     "model.dict_temperature": (1.0, "Eq. 11 (softmax of the raw scores)"),
     "model.dict_learn_temperature": (False, "Eq. 11"),
     "model.dict_scale_sqrt_d": (False, "Eq. 11"),
+    "train.modality_dropout": (0.0, "Sec. 4 (no modality dropout)"),
 }
 
 # DMD's training recipe where the paper says nothing (mosi, mosei)

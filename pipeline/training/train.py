@@ -334,7 +334,7 @@ class Trainer:
         from torch.utils.data import DataLoader
         from tqdm import tqdm
 
-        from pipeline.training.dataset import collate
+        from pipeline.training.dataset import collate, drop_modalities
         from pipeline.training.evaluate import autocast, model_inputs
 
         t = self.cfg.train
@@ -349,7 +349,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False, file=sys.stderr,
                    disable=None if self.dist.is_main else True)
+        # modality dropout: its own stream (one per rank), so resuming repeats it exactly
+        drop_gen = torch.Generator()
+        drop_gen.manual_seed(t.seed * 7_000_003 + epoch + 1_000_003 * self.dist.rank)
         for i, batch in enumerate(bar):
+            if t.modality_dropout > 0:
+                drop_modalities(batch, t.modality_dropout, drop_gen)
             args, kwargs = model_inputs(self.model, batch, self.device)
             with autocast(self.device, t.amp):
                 out = self.step_model(*args, **kwargs, labels=batch["labels"].to(self.device))

@@ -164,6 +164,19 @@ def test_shrunk_demo_end_to_end(tmp_path):
     assert not {r["voice"] for r in test_clips} & train_voices
     assert all(r["transcript"] for r in test_clips)
     assert set(summary["timings_s"]) >= {"corpus", "extract", "train", "evaluate", "predict", "total"}
+    # accuracy per face condition, fused and per head, over the held-out face; the disagreement field
+    assert "By face condition" in out and "disagreement" in out
+    by_cond = summary["by_face_condition"]
+    assert list(by_cond) == list(dc.TEST_CONDITIONS)
+    for cond, accs in by_cond.items():
+        assert set(accs) == {"fused", "text", "audio", "video"}
+        assert accs["fused"]["clips"] == sum(r["condition"] == cond and r["label"] != 0 for r in test_clips)
+    assert sum(a["fused"]["clips"] for a in by_cond.values()) == acc["clips"]
+    assert all(r["disagreement"]["level"] in ("low", "moderate", "high") for r in test_clips)
+    assert {r["identity"] for r in test_clips} == set(dc.TEST_IDENTITIES)
+    stats = summary["corpus_statistics"]
+    assert stats["identities"]["test"] == list(dc.TEST_IDENTITIES)
+    assert summary["settings"]["train.modality_dropout"] > 0
     # no test sentence is ever trained on: the corpus and the cache the model was trained on agree
     rows = _rows(tmp_path / "work" / "corpus-12" / "labels.csv")
     train_ids = {r["video_id"] for r in rows if r["split"] in ("train", "valid")}

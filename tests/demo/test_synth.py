@@ -143,11 +143,81 @@ def test_corpus_plan_keeps_sentences_and_test_voices_apart(n):
         if split != "valid" or n is None:
             assert {-1, 1} <= signs, f"{split} lacks a sign"
     assert len({s.clip_id for s in specs}) == len(specs)
-    # Expression and prosody follow the label.
+    # The face follows its condition: with the words, the photograph as it is, or against them.
+    for s in specs:
+        if s.condition == "agree":
+            assert np.sign(s.expression) == np.sign(s.score) and abs(s.expression) >= 0.4
+        elif s.condition == "contradict":
+            assert np.sign(s.expression) == -np.sign(s.score) and abs(s.expression) >= 0.4
+        elif s.condition == "neutral":
+            assert s.expression == 0.0
+        else:
+            assert s.condition == "unscored" and s.score == 0
+    # Test clips show a face no training or validation clip shows, in all three conditions.
+    test_ids = {s.identity for s in specs if s.split == "test"}
+    assert test_ids and not test_ids & {s.identity for s in specs if s.split != "test"}
+    assert {s.condition for s in specs if s.split == "test" and s.score != 0} == set(dc.TEST_CONDITIONS)
+    # Prosody leans with the label on average (faster and higher when positive), not always.
     pos = [s for s in specs if s.score >= 2]
     neg = [s for s in specs if s.score <= -2]
-    assert all(s.expression > 0.3 for s in pos) and all(s.expression < -0.3 for s in neg)
-    assert np.mean([s.pitch for s in pos]) > np.mean([s.pitch for s in neg])
+    assert np.mean([s.prosody for s in pos]) > np.mean([s.prosody for s in neg])
+
+
+def test_corpus_statistics_are_those_the_readme_states():
+    """The full demo corpus: face and prosody correlate moderately with the score, the shares of the
+    face conditions, and the identities per split, as README.md's demo section states them."""
+    import re
+
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8").split())
+    stats = dc.corpus_statistics(dc.plan_corpus(dc.select_sentences(None), voices_per_sentence=2))
+    m = re.search(r"expression-score correlation ([\d.]+), prosody-score correlation ([\d.]+)", readme)
+    assert m, "README.md states no corpus correlations"
+    assert (float(m[1]), float(m[2])) == (round(stats["expression_score_corr"], 2),
+                                          round(stats["prosody_score_corr"], 2))
+    assert 0.3 <= stats["expression_score_corr"] <= 0.5 and 0.3 <= stats["prosody_score_corr"] <= 0.5
+    m = re.search(r"face agrees (\d+)%, is neutral (\d+)%, contradicts (\d+)%", readme)
+    assert m, "README.md states no shares of face conditions"
+    assert [int(m[i]) for i in (1, 2, 3)] == [round(100 * stats["conditions"][c])
+                                              for c in ("agree", "neutral", "contradict")]
+    assert stats["conditions"]["contradict"] >= 0.1 and stats["conditions"]["neutral"] >= 0.2
+    m = re.search(r"identities: train (\d+), valid (\d+), test (\d+)", readme)
+    assert m, "README.md states no identities per split"
+    ids = stats["identities"]
+    assert [int(m[i]) for i in (1, 2, 3)] == [len(ids["train"]), len(ids["valid"]), len(ids["test"])]
+    assert not set(ids["test"]) & (set(ids["train"]) | set(ids["valid"]))
+    m = re.search(r"test clips: (\d+) agree, (\d+) neutral, (\d+) contradict", readme)
+    assert m and [int(m[i]) for i in (1, 2, 3)] == [stats["test_conditions"][c] for c in dc.TEST_CONDITIONS]
+
+
+def test_every_identity_is_a_real_face_the_warp_moves(face_mesh):
+    """Each face photograph is found by MediaPipe, and the expression warp smiles and frowns on it."""
+    assert len(synth.IDENTITIES) >= 5 and synth.ASTRONAUT in synth.IDENTITIES
+    faces = [synth.base_face(i) for i in synth.IDENTITIES]
+    for k, identity in enumerate(synth.IDENTITIES):
+        assert faces[k].shape == (synth.FACE_SIZE, synth.FACE_SIZE, 3)
+        assert synth.base_landmarks(identity).shape == (478, 2)
+        lifts = {e: _lip_lift(face_mesh, synth.expressive_face(e, identity)) for e in (-1.0, 0.0, 1.0)}
+        assert lifts[1.0] > lifts[0.0] + 0.02 and lifts[-1.0] < lifts[0.0] - 0.02, (identity, lifts)
+    # different people, not one photograph cropped several times
+    for a in range(len(faces)):
+        for b in range(a + 1, len(faces)):
+            assert np.abs(faces[a].astype(float) - faces[b].astype(float)).mean() > 10
+
+
+def test_look_changes_framing_light_and_background_but_the_default_none():
+    face = synth.base_face()
+    default = next(synth.face_frames(1, 10.0, seed=3))
+    assert np.array_equal(default, next(synth.face_frames(1, 10.0, seed=3, look=synth.Look())))
+    looks = [synth.random_look(np.random.default_rng(i)) for i in range(20)]
+    assert len({lk.zoom for lk in looks}) == 20 and any(lk.backdrop > 0 for lk in looks)
+    dark = synth.lit_face(face, synth.Look(gain=0.7))
+    assert dark.mean() < face.mean() - 10
+    backdrop = synth.lit_face(face, synth.Look(backdrop=1.0, backdrop_rgb=(0, 255, 0)))
+    assert backdrop[2, 2, 1] > 240 and backdrop[2, 2, 0] < 15            # a corner: the new background
+    centre = synth.FACE_SIZE // 2
+    assert np.array_equal(backdrop[centre, centre], face[centre, centre])  # the face itself untouched
+    zoomed = next(synth.face_frames(1, 10.0, seed=3, look=synth.Look(zoom=1.2)))
+    assert not np.array_equal(zoomed, default)
 
 
 def test_shrunk_selection_is_balanced():

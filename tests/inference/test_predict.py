@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.inference.predict import LABELS_7, format_table, label_2, label_7
+from pipeline.inference.predict import LABELS_7, format_table, label_2, label_7, modality_disagreement
 
 TRAIN_SENTENCES = [
     ("good_one", "What a lovely and wonderful day.", 2.4, "train"),
@@ -103,6 +103,7 @@ def test_predict_json_fields_and_failures(cli_run, new_clips, checkpoint) -> Non
     assert good["label_2"] == ("positive" if good["score"] >= 0 else "negative")
     assert set(good["unimodal"]) == {"text", "audio", "video"}
     assert all(math.isfinite(v) and -3 <= v <= 3 for v in good["unimodal"].values())
+    assert good["disagreement"] == modality_disagreement(good["unimodal"], good["score"])
     _check_edges(good["edges_homo"])
     _check_edges(good["edges_hetero"])
     for space in ("homo", "hetero"):

@@ -332,3 +332,45 @@ def test_pickle_without_valid_and_test_is_split_by_source_video(tmp_path: Path, 
     assert b2.counts()["valid"] > 0 and b2.counts()["train"] + b2.counts()["valid"] == 120
     train_videos = {s["id"].split("$_$")[0] for s in b2.splits["train"]}
     assert not train_videos & {s["id"].split("$_$")[0] for s in b2.splits["valid"]}
+
+
+def test_modality_dropout_blanks_whole_modalities_never_all_three():
+    import torch
+
+    from pipeline.training.dataset import collate, drop_modalities
+
+    rng = np.random.default_rng(0)
+    samples = [{"id": str(i), "text": rng.normal(size=(6, 4)) + 1, "audio": rng.normal(size=(9, 3)) + 1,
+                "video": rng.normal(size=(7, 5)) + 1, "text_bert": np.full((3, 6), 7), "label": 1.0}
+               for i in range(400)]
+    batch = collate(samples)
+    before = {k: batch[k].clone() for k in ("text", "audio", "video", "text_bert", "text_mask")}
+    gen = torch.Generator().manual_seed(3)
+    dropped = drop_modalities(batch, 0.4, gen)
+    assert dropped.shape == (400, 3) and not dropped.all(dim=1).any()
+    # about p of each modality, a little less as no sample loses all three (0.4 * (1 - 0.4**2 / 3))
+    assert 0.3 < dropped.float().mean() < 0.45
+    for k, name in enumerate(("text", "audio", "video")):
+        gone, kept = dropped[:, k], ~dropped[:, k]
+        assert torch.all(batch[name][gone] == 0)
+        assert torch.equal(batch[name][kept], before[name][kept])
+    assert torch.equal(batch["text_mask"], before["text_mask"])             # masks unchanged
+    gone = dropped[:, 0]
+    assert torch.all(batch["text_bert"][gone][:, :, 1:] == 0) and torch.all(batch["text_bert"][gone][:, :, 0] == 7)
+    # the same generator state drops the same modalities (a resumed run repeats its epochs)
+    again = collate(samples)
+    assert torch.equal(drop_modalities(again, 0.4, torch.Generator().manual_seed(3)), dropped)
+    assert not drop_modalities(collate(samples), 0.0, gen).any()
+
+
+def test_modality_dropout_is_off_by_default_and_in_the_paper_presets():
+    from pipeline.config import PipelineConfig
+    from pipeline.training.presets import PRESETS, apply_preset
+
+    cfg = PipelineConfig()
+    assert cfg.train.modality_dropout == 0.0 and cfg.demo.modality_dropout > 0
+    from pipeline.config import with_overrides
+
+    on = with_overrides(cfg, {"train.modality_dropout": 0.3})
+    for name in PRESETS:
+        assert apply_preset(on, name).train.modality_dropout == 0.0
