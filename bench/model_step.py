@@ -7,7 +7,8 @@ heads, 4 layers, K=512).  Each (device, batch) runs in a fresh process so that m
 Memory: on CUDA torch.cuda.max_memory_allocated() after reset_peak_memory_stats() (tensors only, not the
 allocator's cache); on CPU the rise of the process's peak resident set size (ru_maxrss) over its value
 after the model and the batch were built (before the warm-up steps), i.e. what training steps add
-(activations, gradients, Adam state).
+(activations, gradients, Adam state).  On the CPU the attention-dropout kernels (numba's runtime, about
+330 MiB resident once per process) are loaded before that, so the figure is the step's own.
 
 Variants (--variant, repeatable; each is timed in its own rows, --set applies on top of each):
     paper            the paper's defaults (Table 1)
@@ -21,6 +22,8 @@ is composed).  Its rows run as that code does: fp32, no masks (it only takes ful
     python bench/model_step.py --device auto --batch-sizes 16 64 --steps 5
     python bench/model_step.py --device cpu --batch-sizes 4 --steps 1 --variant paper no-attn-dropout
     git clone https://github.com/mdswyz/DMD /tmp/DMD
+    python bench/model_step.py --device cpu --batch-sizes 16 --steps 2 --warmup 1 --padding none \
+        --variant paper --dmd-repo /tmp/DMD --rounds 3      # interleaved: paper, DMD, paper, DMD, ...
     python bench/model_step.py --device cuda --batch-sizes 16 64 --padding none --dmd-repo /tmp/DMD
 """
 from __future__ import annotations
@@ -77,6 +80,12 @@ def dhmd_step(device: torch.device, inputs: dict, use_amp: bool,
     cfg = DHMDConfig(text_dim=768, audio_dim=5, video_dim=20, **(overrides or {}))
     model = DHMD(cfg).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    if device.type == "cpu":
+        # load the attention-dropout kernels (numba's runtime: ~330 MiB resident, once per process)
+        # before the measured steps, so that the memory column is the step's own
+        from dhmd.dropout_attention import dropout_attention
+        x = torch.randn(1, 1, 4, 5, requires_grad=True)
+        dropout_attention(x, x, x, None, 0.1, 0.5).sum().backward()
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -153,6 +162,16 @@ def run_isolated(*args) -> dict:
     return result
 
 
+def _median_row(group: list[dict]) -> dict:
+    """One row from the rounds of one setting: the median step, the largest memory."""
+    ms = sorted(r["ms"] for r in group)
+    mid = ms[len(ms) // 2] if len(ms) % 2 else (ms[len(ms) // 2 - 1] + ms[len(ms) // 2]) / 2
+    row = dict(group[0])
+    row.update(ms=mid, sps=row["batch"] / (mid / 1000), mem=max(r["mem"] for r in group),
+               all_ms=[r["ms"] for r in group])
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -170,34 +189,45 @@ def main() -> int:
                         help="model variants to time, each in its own rows (see the module docstring)")
     parser.add_argument("--dmd-repo", default=None, metavar="PATH",
                         help="a checkout of github.com/mdswyz/DMD: also time the public DMD code")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat every row this many times, interleaved (DHMD, DMD, DHMD, ...), and "
+                             "report the median step: on a VM whose speed drifts over minutes a ratio "
+                             "of rows run minutes apart means little")
     args = parser.parse_args()
     overrides = parse_overrides(args.overrides)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
     devices = {"auto": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
                "cpu": ["cpu"], "cuda": ["cuda"]}[args.device]
-    rows = []
-    for variant in args.variant:
-        for d in devices:
-            for b in args.batch_sizes:
-                row = run_isolated(d, b, args.steps, args.warmup, not args.no_amp, args.padding,
-                                   {**VARIANTS[variant], **overrides})
-                rows.append({**row, "variant": variant})
-    if args.dmd_repo:
-        for d in devices:
-            for b in args.batch_sizes:
-                row = run_isolated(d, b, args.steps, args.warmup, False, args.padding, None, args.dmd_repo)
-                rows.append({**row, "variant": "public DMD code"})
+    runs: dict[tuple, list[dict]] = {}
+    for _ in range(max(1, args.rounds)):
+        for variant in args.variant:
+            for d in devices:
+                for b in args.batch_sizes:
+                    row = run_isolated(d, b, args.steps, args.warmup, not args.no_amp, args.padding,
+                                       {**VARIANTS[variant], **overrides})
+                    runs.setdefault((variant, d, b), []).append({**row, "variant": variant})
+        if args.dmd_repo:
+            for d in devices:
+                for b in args.batch_sizes:
+                    row = run_isolated(d, b, args.steps, args.warmup, False, args.padding, None,
+                                       args.dmd_repo)
+                    runs.setdefault(("public DMD code", d, b), []).append(
+                        {**row, "variant": "public DMD code"})
+    rows = [_median_row(group) for group in runs.values()]
     print(f"Training step, CMU-MOSI unaligned shapes (text 50x768, audio 375x5, video 500x20), "
           f"DHMD with the paper's defaults (variants: {', '.join(args.variant)})"
           f"{' with ' + ', '.join(args.overrides) if args.overrides else ''}, padding={args.padding}, "
-          f"{args.steps} timed steps after {args.warmup} warm-up\n")
+          f"{args.steps} timed steps after {args.warmup} warm-up"
+          f"{f', median of {args.rounds} interleaved rounds' if args.rounds > 1 else ''}\n")
     # x DMD: samples/s over the public DMD code's at the same device and batch (when it was timed)
     dmd = {(r["device"], r["batch"]): r for r in rows if r["variant"] == "public DMD code"}
     print("| variant | parameters | device | precision | batch | step ms | samples/s | x DMD samples/s "
           "| peak memory MiB | x DMD memory | memory measure |")
     print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
+        if args.rounds > 1:
+            r["variant"] += f" (rounds: {', '.join(str(round(x)) for x in r['all_ms'])} ms)"
         dev = r["device"] + (f" ({r['threads']} threads)" if r["device"] == "cpu" else "")
         ref = dmd.get((r["device"], r["batch"]))
         speed = f"{r['sps'] / ref['sps']:.2f}" if ref else "-"

@@ -16,6 +16,7 @@ neither q.k nor the output, and the softmax scale stays 1/sqrt(true head size). 
 batch is padded the mask is dropped so SDPA may use its fastest kernel.  On CPU, attention with dropout
 goes to dropout_attention.py instead of SDPA's math path (which draws every dropout mask with bernoulli_
 and keeps the attention matrices): the same mathematics, chunked, with cheap masks drawn again in backward.
+The layers' own dropouts are dhmd/dropout.py's (nn.Dropout with the same hashed masks on the CPU).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dropout import Dropout
 from .dropout_attention import dropout_attention
 from .masks import positions
 from .projection import sinusoidal_positions
@@ -67,9 +69,9 @@ class AttentionLayer(nn.Module):
         self.to_kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
         self.norm_ff = nn.LayerNorm(dim)
-        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.ReLU(), nn.Dropout(relu_dropout),
+        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.ReLU(), Dropout(relu_dropout),
                                 nn.Linear(4 * dim, dim))
-        self.res_drop = nn.Dropout(res_dropout)
+        self.res_drop = Dropout(res_dropout)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before self-attention layers lost norm_kv hold its (never trained) weights
@@ -104,7 +106,7 @@ class AttentionEncoder(nn.Module):
                  res_dropout: float, embed_dropout: float, cross: bool = False) -> None:
         super().__init__()
         self.dim = dim
-        self.embed_drop = nn.Dropout(embed_dropout)
+        self.embed_drop = Dropout(embed_dropout)
         self.layers = nn.ModuleList(
             AttentionLayer(dim, heads, attn_dropout, relu_dropout, res_dropout, cross)
             for _ in range(layers))

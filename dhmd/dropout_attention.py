@@ -2,41 +2,47 @@
 ``F.scaled_dot_product_attention(q, k, v, mask, dropout_p)`` at a fraction of its cost.
 
 Why: PyTorch's CPU SDPA has no fused kernel with dropout.  Its math path draws the dropout mask with
-``bernoulli_`` over every (B, heads, T_q, T_k) attention matrix (about 18 ns an element here) and keeps
-several such matrices for backward; the model used to recompute the whole core in backward
-(activation checkpointing), drawing every mask twice.  At CMU-MOSI shapes that was half of a step.
+``bernoulli_`` over every (B, heads, T_q, T_k) attention matrix (about 18 ns an element here, on one
+core) and keeps several such matrices for backward.  At CMU-MOSI shapes that was half of a step.
 
 What this does instead (a custom autograd function, flash-attention style on the CPU):
 
-* the (B*heads) rows are processed in chunks of at most ``CHUNK_ELEMENTS`` attention entries, so only
-  one chunk's matrices exist at a time (memory stays linear in the batch, as with checkpointing);
-* the keep mask comes from 64-bit random words split into four 16-bit lanes: one RNG draw gives four
-  Bernoulli draws (4x fewer than ``bernoulli_``).  An entry is kept with probability
+* the keep mask is a counter-based hash of each entry's index (dhmd/keep_hash.py: SplitMix64 keyed by
+  a seed), so any entry's bit can be computed where it is used, on any thread, and again in backward;
+  no mask is drawn serially or stored.  An entry is kept with probability
   ``1 - round(p * 2**16) / 2**16`` (``keep_probability``: within 7.7e-6 of 1 - p; torch's own float
   draw is quantised to 2**-24) and kept entries are scaled by the inverse of exactly that probability
-  (folded into v), so the dropped attention is unbiased as in ``F.dropout``.  The words come from
-  ``random_(-2**63, 2**63 - 1)``, which misses one of the 2**64 values: a bias of 2**-64;
-* the masks are drawn from a private generator seeded from the global torch RNG (one draw per call, so
-  runs stay reproducible from ``torch.manual_seed``) and drawn again from the same seed in backward;
-  forward keeps only q (scaled), k, v (scaled) and the output; backward recomputes the softmax (one
+  (folded into v), so the dropped attention is unbiased as in ``F.dropout``;
+* the seed is drawn from the global torch RNG (one draw per call), so runs stay reproducible from
+  ``torch.manual_seed``;
+* the (B*heads) rows are processed in chunks of at most ``CHUNK_ELEMENTS`` attention entries, so only
+  one chunk's matrices exist at a time (memory stays linear in the batch, as with checkpointing);
+  forward keeps only q (scaled), k, v (scaled) and the output, backward recomputes the softmax (one
   fused kernel) chunk by chunk;
+* with numba (float32 / float64) the mask is applied by dhmd/attention_kernels.py while it is
+  computed, over torch.get_num_threads() threads, fused in backward with the softmax gradient;
+  otherwise by the hash's torch reference;
 * backward uses the identity rowsum(dP * P) = rowsum(dO * O) (flash attention's), so the softmax
   gradient needs no reduction over the dropped matrix.
 
 Forward and gradients equal the reference ``softmax(q k^T * scale + mask) * keep / keep_prob @ v``
-with the mask that :func:`dropout_keep_mask` returns for the same seed (tests/model check this), and
-equal SDPA exactly up to float rounding when ``dropout_p`` is 0.
+with the mask that :func:`dropout_keep_mask` returns for the same seed (tests/model check both paths),
+and equal SDPA exactly up to float rounding when ``dropout_p`` is 0.
 """
 from __future__ import annotations
 
-import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
 
+from . import keep_hash
+
 CHUNK_ELEMENTS = 1 << 22          # attention entries per chunk (16 MiB of float32)
-_SCALE = 1 << 16                  # the keep mask's resolution: 16 random bits an entry
-_HALF = 1 << 15
+_SCALE = 1 << 16                  # the keep mask's resolution: 16 bits of an entry's hash
+_MIN_THREADED = 1 << 16           # entries below which one thread does the work
 
 
 def keep_probability(p: float) -> float:
@@ -44,28 +50,73 @@ def keep_probability(p: float) -> float:
     return 1.0 - round(p * _SCALE) / _SCALE
 
 
+def dropout_keep_mask(seed: int, rows: int, tq: int, tk: int, p: float) -> Tensor:
+    """The (rows, tq, tk) keep mask as floats (1 kept, 0 dropped) that :class:`DropoutAttention`
+    applies for ``seed`` (for tests; computed by the pure-torch reference of the hash)."""
+    return keep_hash.keep_mask(keep_hash.key(seed), 0, (rows, tq, tk), round(p * _SCALE)).float()
+
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _workers() -> ThreadPoolExecutor | None:
+    """A pool of torch.get_num_threads() threads for the kernels (None with one thread); made again
+    after a fork, whose child inherits the pool object but none of its threads."""
+    global _pool
+    n = torch.get_num_threads()
+    if n <= 1:
+        return None
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers != n:
+            _pool = (os.getpid(), ThreadPoolExecutor(n, thread_name_prefix="dhmd-attention"))
+        return _pool[1]
+
+
+def _run_split(fn, arrays: list, per_slice: int, start: int, *rest) -> None:
+    """``fn(*[a[i0:i1] for a in arrays], start + i0 * per_slice, *rest)`` over blocks of the leading
+    dimension, one block a thread; ``start + i0 * per_slice`` is the block's first mask index."""
+    n = arrays[0].shape[0]
+    pool = _workers() if n > 1 and n * per_slice >= _MIN_THREADED else None
+    if pool is None:
+        fn(*arrays, start, *rest)
+        return
+    parts = min(pool._max_workers, n)
+    bounds = [n * i // parts for i in range(parts + 1)]
+    futures = [pool.submit(fn, *[a[i0:i1] for a in arrays], start + i0 * per_slice, *rest)
+               for i0, i1 in zip(bounds, bounds[1:])]
+    for f in futures:
+        f.result()
+
+
+def _drop_(attn: Tensor, key: int, start: int, threshold: int) -> None:
+    """Zero, in place, the dropped entries of a contiguous chunk whose first entry is number ``start``."""
+    if not keep_hash.numba_ok(attn):
+        attn.masked_fill_(~keep_hash.keep_mask(key, start, attn.shape, threshold), 0)
+        return
+    x = attn.numpy().reshape(-1, attn.shape[-1])
+    _run_split(keep_hash.kernels().drop_, [x], x.shape[1], start, keep_hash.as_uint64(key), threshold)
+
+
+def _drop_backward(attn: Tensor, dp: Tensor, delta: Tensor, key: int, start: int,
+                   threshold: int) -> Tensor:
+    """One pass over a chunk: returns attn * keep and turns dp into the softmax gradient
+    attn * (dp * keep - delta), in place."""
+    if not keep_hash.numba_ok(attn):
+        keep = keep_hash.keep_mask(key, start, attn.shape, threshold)
+        dp.masked_fill_(~keep, 0).sub_(delta).mul_(attn)
+        return attn.masked_fill(~keep, 0)
+    kept = torch.empty_like(attn)
+    cols = attn.shape[-1]
+    arrays = [t.numpy().reshape(-1, cols) for t in (attn, dp, kept)] + [delta.numpy().reshape(-1)]
+    _run_split(keep_hash.kernels().drop_backward_, arrays, cols, start, keep_hash.as_uint64(key),
+               threshold)
+    return kept
+
+
 def _chunks(rows: int, per_row: int) -> list[tuple[int, int]]:
     step = max(1, CHUNK_ELEMENTS // max(per_row, 1))
     return [(i, min(i + step, rows)) for i in range(0, rows, step)]
-
-
-def _keep(gen: torch.Generator, shape: tuple[int, ...], threshold: int) -> Tensor:
-    """A bool keep mask of ``shape``: each entry kept with probability 1 - threshold / 2**16.
-
-    Four entries from each 64-bit random word (its 16-bit lanes, uniform integers in [-2**15, 2**15)),
-    so the generator runs a quarter as often as ``bernoulli_`` would; the mask is applied with
-    ``torch.where`` (a multiply by a bool tensor would first convert it to float, a pass more)."""
-    n = math.prod(shape)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2 ** 63, 2 ** 63 - 1, generator=gen)
-    return words.view(torch.int16)[:n].view(shape).ge(threshold - _HALF)
-
-
-def dropout_keep_mask(seed: int, rows: int, tq: int, tk: int, p: float) -> Tensor:
-    """The (rows, tq, tk) keep mask as floats (1 kept, 0 dropped) that :class:`DropoutAttention`
-    draws from ``seed`` (for tests)."""
-    gen = torch.Generator().manual_seed(seed)
-    threshold = round(p * _SCALE)
-    return torch.cat([_keep(gen, (b - a, tq, tk), threshold) for a, b in _chunks(rows, tq * tk)]).float()
 
 
 def _softmax_scores(q_scaled: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
@@ -85,13 +136,12 @@ class DropoutAttention(torch.autograd.Function):
         threshold = round(p * _SCALE)
         q_scaled = q * scale
         v_scaled = v * (1.0 / keep_probability(p)) if threshold else v    # kept entries / keep prob
-        gen = torch.Generator().manual_seed(seed)
-        zero = torch.zeros((), dtype=q.dtype)
+        key = keep_hash.key(seed)
         out = torch.empty_like(q)
         for a, b in _chunks(rows, tq * tk):
             attn = _softmax_scores(q_scaled[a:b], k[a:b], None if bias is None else bias[a:b])
             if threshold:
-                torch.where(_keep(gen, attn.shape, threshold), attn, zero, out=attn)
+                _drop_(attn, key, a * tq * tk, threshold)
             torch.bmm(attn, v_scaled[a:b], out=out[a:b])
         ctx.save_for_backward(q_scaled, k, v_scaled, bias, out)
         ctx.p, ctx.scale, ctx.seed = p, scale, seed
@@ -103,9 +153,7 @@ class DropoutAttention(torch.autograd.Function):
         p, scale = ctx.p, ctx.scale
         rows, tq, tk = q_scaled.shape[0], q_scaled.shape[1], k.shape[1]
         threshold = round(p * _SCALE)
-        inv_keep = 1.0 / keep_probability(p) if threshold else 1.0
-        gen = torch.Generator().manual_seed(ctx.seed)
-        zero = torch.zeros((), dtype=q_scaled.dtype)
+        key = keep_hash.key(ctx.seed)
         grad_out = grad_out.contiguous()
         dq, dk, dv = torch.empty_like(q_scaled), torch.empty_like(k), torch.empty_like(v_scaled)
         delta = (grad_out * out).sum(-1, keepdim=True)          # rowsum(dP' * P') per query
@@ -113,17 +161,17 @@ class DropoutAttention(torch.autograd.Function):
             attn = _softmax_scores(q_scaled[a:b], k[a:b], None if bias is None else bias[a:b])
             # out = (attn * keep) @ (v / kp):  d(attn) = keep * (dO @ (v / kp)^T),  dv = (attn * keep)^T dO / kp
             dp = torch.bmm(grad_out[a:b], v_scaled[a:b].transpose(1, 2))
-            if threshold:
-                keep = _keep(gen, attn.shape, threshold)
-                torch.where(keep, dp, zero, out=dp)
-                torch.bmm(torch.where(keep, attn, zero).transpose(1, 2), grad_out[a:b], out=dv[a:b])
+            if threshold:       # ds = attn * (keep * dp - delta), dv from the kept entries, one pass
+                kept = _drop_backward(attn, dp, delta[a:b], key, a * tq * tk, threshold)
+                torch.bmm(kept.transpose(1, 2), grad_out[a:b], out=dv[a:b])
+                ds = dp
             else:
                 torch.bmm(attn.transpose(1, 2), grad_out[a:b], out=dv[a:b])
-            ds = dp.sub_(delta[a:b]).mul_(attn)                 # softmax backward (without the q.k scale)
+                ds = dp.sub_(delta[a:b]).mul_(attn)             # softmax backward (without the q.k scale)
             torch.bmm(ds, k[a:b], out=dq[a:b])
             torch.bmm(ds.transpose(1, 2), q_scaled[a:b], out=dk[a:b])   # d(q k^T scale)/dk = scale q
         if threshold:
-            dv.mul_(inv_keep)
+            dv.mul_(1.0 / keep_probability(p))
         return dq.mul_(scale), dk, dv, None, None, None, None
 
 

@@ -125,3 +125,30 @@ def test_model_uses_the_cheap_path_and_trains_reproducibly(torch_one_thread, mon
     with torch.no_grad():
         _model(0.2).eval()(*batch, audio_mask=mask)
     assert not calls                                                    # eval: SDPA, no dropout
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_numba_kernels_equal_the_torch_reference_in_threads_and_without(monkeypatch, dtype):
+    """The fused kernels (split over threads above _MIN_THREADED entries) compute exactly the mask of
+    the pure-torch reference, and the model falls back to that reference without numba."""
+    from dhmd import keep_hash
+    if keep_hash.kernels() is None:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(da, "CHUNK_ELEMENTS", 1 << 17)            # several chunks, each threaded
+    q, k, v = _qkv(b=4, h=5, tq=120, tk=130, d=5, dtype=dtype, seed=3)
+    mask = torch.ones(4, 130, dtype=torch.bool)
+    mask[3, 90:] = False
+    grad = torch.randn(4, 5, 120, 5, dtype=dtype, generator=torch.Generator().manual_seed(4))
+
+    def run():
+        out = da.dropout_attention(q, k, v, mask, 0.2, 1 / math.sqrt(5), seed=99)
+        return [out.detach()] + list(torch.autograd.grad(out, (q, k, v), grad))
+
+    with_numba = run()
+    monkeypatch.setattr(keep_hash, "numba_ok", lambda t: False)
+    reference = run()
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for a, b in zip(with_numba, reference):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    keep = da.dropout_keep_mask(99, 20, 120, 130, 0.2)
+    assert abs(float(keep.mean()) - da.keep_probability(0.2)) < 0.01

@@ -1,0 +1,81 @@
+"""Dropout keep masks from a counter-based hash: entry i of a call is kept unless the top 16 bits of
+SplitMix64(key + i * golden_gamma) fall below round(p * 2**16).
+
+Why: a mask drawn from torch's CPU generator runs one Mersenne-Twister step after another on one core
+(about 4.5 ns an attention entry here, the largest cost of a training step at the paper's settings).  A
+hash of the entry's index needs no state, so any entry's bit is computed where it is used, in any order,
+on every core, and backward computes the same mask again instead of keeping it: fused into the pass
+that applies it, about 0.3 ns an entry on two threads.  SplitMix64 (Steele, Lea and Flood 2014) is
+the output function of Java's SplittableRandom; its outputs over consecutive counters pass BigCrush.
+
+Two implementations of the same function: numba kernels (compiled on first use, cached next to this
+file when it is writable) that apply the mask while they compute it, and a pure-torch reference that
+returns it (tests, and the fallback when numba is missing or the dtype is not float32 / float64).
+"""
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+GAMMA = 0x9E3779B97F4A7C15
+MIX1 = 0xBF58476D1CE4E5B9
+MIX2 = 0x94D049BB133111EB
+_MASK64 = (1 << 64) - 1
+
+
+def _mix(z: int) -> int:
+    """SplitMix64's output function on a Python int (mod 2**64)."""
+    z = ((z ^ (z >> 30)) * MIX1) & _MASK64
+    z = ((z ^ (z >> 27)) * MIX2) & _MASK64
+    return z ^ (z >> 31)
+
+
+def key(seed: int) -> int:
+    """The 64-bit key of one call's masks, from its seed (hashed, so nearby seeds give unrelated keys)."""
+    return _mix((seed + GAMMA) & _MASK64)
+
+
+def as_uint64(value: int):
+    import numpy as np
+    return np.uint64(value & _MASK64)
+
+
+def _signed(value: int) -> int:
+    value &= _MASK64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _shr(z: Tensor, bits: int) -> Tensor:
+    """Logical right shift of int64 tensors holding uint64 bit patterns."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def keep_mask(key_: int, start: int, shape: tuple[int, ...] | torch.Size, threshold: int) -> Tensor:
+    """The bool keep mask of entries start, start + 1, ... laid out in ``shape`` (the reference)."""
+    n = 1
+    for s in shape:
+        n *= s
+    z = torch.arange(start, start + n, dtype=torch.int64) * _signed(GAMMA) + _signed(key_)
+    z = (z ^ _shr(z, 30)) * _signed(MIX1)
+    z = (z ^ _shr(z, 27)) * _signed(MIX2)
+    z = z ^ _shr(z, 31)
+    return _shr(z, 48).ge(threshold).view(tuple(shape))
+
+
+@functools.cache
+def kernels() -> ModuleType | None:
+    """The numba kernels (dhmd/attention_kernels.py), or None when numba cannot be imported (the torch
+    reference is used then)."""
+    try:
+        from . import attention_kernels
+    except ImportError:
+        return None
+    return attention_kernels
+
+
+def numba_ok(t: Tensor) -> bool:
+    """Whether the numba kernels can take this tensor (CPU float32 / float64, numba present)."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and kernels() is not None
