@@ -49,7 +49,7 @@ class Dropout(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if self.p == 1.0 or not keep_hash.numba_ok(x) or x.numel() == 0:
+        if self.p == 1.0 or not da.numba_ok(x) or x.numel() == 0:
             return F.dropout(x, self.p, True)
         seed = int(torch.randint(0, 2 ** 62, (1,)).item())
         return _HashDropout.apply(x, self.p, seed)

@@ -31,8 +31,10 @@ and equal SDPA exactly up to float rounding when ``dropout_p`` is 0.
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
+from types import ModuleType
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -48,6 +50,22 @@ _MIN_THREADED = 1 << 16           # entries below which one thread does the work
 def keep_probability(p: float) -> float:
     """The probability with which an attention entry is kept for dropout ``p`` (16-bit resolution)."""
     return 1.0 - round(p * _SCALE) / _SCALE
+
+
+@functools.cache
+def kernels() -> ModuleType | None:
+    """The numba kernels (dhmd/attention_kernels.py), or None when numba cannot be imported (the torch
+    reference of the hash is used then)."""
+    try:
+        from . import attention_kernels
+    except ImportError:
+        return None
+    return attention_kernels
+
+
+def numba_ok(t: Tensor) -> bool:
+    """Whether the numba kernels can take this tensor (CPU float32 / float64, numba present)."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and kernels() is not None
 
 
 def dropout_keep_mask(seed: int, rows: int, tq: int, tk: int, p: float) -> Tensor:
@@ -91,25 +109,25 @@ def _run_split(fn, arrays: list, per_slice: int, start: int, *rest) -> None:
 
 def _drop_(attn: Tensor, key: int, start: int, threshold: int) -> None:
     """Zero, in place, the dropped entries of a contiguous chunk whose first entry is number ``start``."""
-    if not keep_hash.numba_ok(attn):
+    if not numba_ok(attn):
         attn.masked_fill_(~keep_hash.keep_mask(key, start, attn.shape, threshold), 0)
         return
     x = attn.numpy().reshape(-1, attn.shape[-1])
-    _run_split(keep_hash.kernels().drop_, [x], x.shape[1], start, keep_hash.as_uint64(key), threshold)
+    _run_split(kernels().drop_, [x], x.shape[1], start, keep_hash.as_uint64(key), threshold)
 
 
 def _drop_backward(attn: Tensor, dp: Tensor, delta: Tensor, key: int, start: int,
                    threshold: int) -> Tensor:
     """One pass over a chunk: returns attn * keep and turns dp into the softmax gradient
     attn * (dp * keep - delta), in place."""
-    if not keep_hash.numba_ok(attn):
+    if not numba_ok(attn):
         keep = keep_hash.keep_mask(key, start, attn.shape, threshold)
         dp.masked_fill_(~keep, 0).sub_(delta).mul_(attn)
         return attn.masked_fill(~keep, 0)
     kept = torch.empty_like(attn)
     cols = attn.shape[-1]
     arrays = [t.numpy().reshape(-1, cols) for t in (attn, dp, kept)] + [delta.numpy().reshape(-1)]
-    _run_split(keep_hash.kernels().drop_backward_, arrays, cols, start, keep_hash.as_uint64(key),
+    _run_split(kernels().drop_backward_, arrays, cols, start, keep_hash.as_uint64(key),
                threshold)
     return kept
 

@@ -8,14 +8,11 @@ on every core, and backward computes the same mask again instead of keeping it: 
 that applies it, about 0.3 ns an entry on two threads.  SplitMix64 (Steele, Lea and Flood 2014) is
 the output function of Java's SplittableRandom; its outputs over consecutive counters pass BigCrush.
 
-Two implementations of the same function: numba kernels (compiled on first use, cached next to this
-file when it is writable) that apply the mask while they compute it, and a pure-torch reference that
-returns it (tests, and the fallback when numba is missing or the dtype is not float32 / float64).
+Two implementations of the same function: numba kernels (dhmd/attention_kernels.py, loaded by
+dhmd/dropout_attention.py) that apply the mask while they compute it, and the pure-torch reference here
+that returns it (tests, and the fallback when numba is missing or the dtype is not float32 / float64).
 """
 from __future__ import annotations
-
-import functools
-from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -63,19 +60,3 @@ def keep_mask(key_: int, start: int, shape: tuple[int, ...] | torch.Size, thresh
     z = (z ^ _shr(z, 27)) * _signed(MIX2)
     z = z ^ _shr(z, 31)
     return _shr(z, 48).ge(threshold).view(tuple(shape))
-
-
-@functools.cache
-def kernels() -> ModuleType | None:
-    """The numba kernels (dhmd/attention_kernels.py), or None when numba cannot be imported (the torch
-    reference is used then)."""
-    try:
-        from . import attention_kernels
-    except ImportError:
-        return None
-    return attention_kernels
-
-
-def numba_ok(t: Tensor) -> bool:
-    """Whether the numba kernels can take this tensor (CPU float32 / float64, numba present)."""
-    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and kernels() is not None
