@@ -3,7 +3,7 @@
 nn.Dropout on the CPU draws its mask with bernoulli_, one Mersenne-Twister step after another on one
 core: about a tenth of a DHMD step at the paper's settings.  This module computes the same kind of mask
 (each element kept with probability 1 - round(p * 2**16) / 2**16, kept elements scaled by its inverse)
-with the attention kernels' hash, in threads, and computes it again in backward instead of keeping it.
+with dhmd/keep_apply.py (the attention dropout's hash and kernels), in threads, and computes it again in backward instead of keeping it.
 The seed of each call is drawn from the global torch RNG, so runs stay reproducible from
 torch.manual_seed.  On CUDA, for other dtypes, without numba, or in eval mode it is nn.Dropout.
 """
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import dropout_attention as da
 from . import keep_hash
+from .keep_apply import drop_, numba_ok
 
 
 class _HashDropout(torch.autograd.Function):
@@ -30,11 +30,9 @@ class _HashDropout(torch.autograd.Function):
 
 def _apply(x: Tensor, p: float, seed: int) -> Tensor:
     """x * keep / keep_probability(p) for the mask of ``seed`` (a new tensor)."""
-    y = x.contiguous().clone()
-    threshold = round(p * (1 << 16))
-    da._drop_(y.view(-1, y.shape[-1]) if y.dim() > 1 else y.view(1, -1), keep_hash.key(seed), 0,
-              threshold)
-    return y.mul_(1.0 / da.keep_probability(p))
+    y = drop_(x.clone(memory_format=torch.contiguous_format), keep_hash.key(seed), 0,
+              keep_hash.threshold(p))
+    return y.mul_(1.0 / keep_hash.keep_probability(p))
 
 
 class Dropout(nn.Module):
@@ -49,7 +47,7 @@ class Dropout(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if self.p == 1.0 or not da.numba_ok(x) or x.numel() == 0:
+        if self.p == 1.0 or not numba_ok(x) or x.numel() == 0:
             return F.dropout(x, self.p, True)
         seed = int(torch.randint(0, 2 ** 62, (1,)).item())
         return _HashDropout.apply(x, self.p, seed)

@@ -19,9 +19,9 @@ What this does instead (a custom autograd function, flash-attention style on the
   one chunk's matrices exist at a time (memory stays linear in the batch, as with checkpointing);
   forward keeps only q (scaled), k, v (scaled) and the output, backward recomputes the softmax (one
   fused kernel) chunk by chunk;
-* with numba (float32 / float64) the mask is applied by dhmd/attention_kernels.py while it is
-  computed, over torch.get_num_threads() threads, fused in backward with the softmax gradient;
-  otherwise by the hash's torch reference;
+* the mask is applied by dhmd/keep_apply.py (numba kernels over torch.get_num_threads() threads
+  for float32 / float64, else the hash's torch reference), fused in backward with the softmax
+  gradient;
 * backward uses the identity rowsum(dP * P) = rowsum(dO * O) (flash attention's), so the softmax
   gradient needs no reduction over the dropped matrix.
 
@@ -31,105 +31,20 @@ and equal SDPA exactly up to float rounding when ``dropout_p`` is 0.
 """
 from __future__ import annotations
 
-import functools
-import os
-import threading
-from types import ModuleType
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 from torch import Tensor
 
 from . import keep_hash
+from .keep_apply import drop_, drop_softmax_backward
+from .keep_hash import keep_probability
 
 CHUNK_ELEMENTS = 1 << 22          # attention entries per chunk (16 MiB of float32)
-_SCALE = 1 << 16                  # the keep mask's resolution: 16 bits of an entry's hash
-_MIN_THREADED = 1 << 16           # entries below which one thread does the work
-
-
-def keep_probability(p: float) -> float:
-    """The probability with which an attention entry is kept for dropout ``p`` (16-bit resolution)."""
-    return 1.0 - round(p * _SCALE) / _SCALE
-
-
-@functools.cache
-def kernels() -> ModuleType | None:
-    """The numba kernels (dhmd/attention_kernels.py), or None when numba cannot be imported (the torch
-    reference of the hash is used then)."""
-    try:
-        from . import attention_kernels
-    except ImportError:
-        return None
-    return attention_kernels
-
-
-def numba_ok(t: Tensor) -> bool:
-    """Whether the numba kernels can take this tensor (CPU float32 / float64, numba present)."""
-    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and kernels() is not None
 
 
 def dropout_keep_mask(seed: int, rows: int, tq: int, tk: int, p: float) -> Tensor:
     """The (rows, tq, tk) keep mask as floats (1 kept, 0 dropped) that :class:`DropoutAttention`
     applies for ``seed`` (for tests; computed by the pure-torch reference of the hash)."""
-    return keep_hash.keep_mask(keep_hash.key(seed), 0, (rows, tq, tk), round(p * _SCALE)).float()
-
-
-_pool: tuple[int, ThreadPoolExecutor] | None = None
-_pool_lock = threading.Lock()
-
-
-def _workers() -> ThreadPoolExecutor | None:
-    """A pool of torch.get_num_threads() threads for the kernels (None with one thread); made again
-    after a fork, whose child inherits the pool object but none of its threads."""
-    global _pool
-    n = torch.get_num_threads()
-    if n <= 1:
-        return None
-    with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers != n:
-            _pool = (os.getpid(), ThreadPoolExecutor(n, thread_name_prefix="dhmd-attention"))
-        return _pool[1]
-
-
-def _run_split(fn, arrays: list, per_slice: int, start: int, *rest) -> None:
-    """``fn(*[a[i0:i1] for a in arrays], start + i0 * per_slice, *rest)`` over blocks of the leading
-    dimension, one block a thread; ``start + i0 * per_slice`` is the block's first mask index."""
-    n = arrays[0].shape[0]
-    pool = _workers() if n > 1 and n * per_slice >= _MIN_THREADED else None
-    if pool is None:
-        fn(*arrays, start, *rest)
-        return
-    parts = min(pool._max_workers, n)
-    bounds = [n * i // parts for i in range(parts + 1)]
-    futures = [pool.submit(fn, *[a[i0:i1] for a in arrays], start + i0 * per_slice, *rest)
-               for i0, i1 in zip(bounds, bounds[1:])]
-    for f in futures:
-        f.result()
-
-
-def _drop_(attn: Tensor, key: int, start: int, threshold: int) -> None:
-    """Zero, in place, the dropped entries of a contiguous chunk whose first entry is number ``start``."""
-    if not numba_ok(attn):
-        attn.masked_fill_(~keep_hash.keep_mask(key, start, attn.shape, threshold), 0)
-        return
-    x = attn.numpy().reshape(-1, attn.shape[-1])
-    _run_split(kernels().drop_, [x], x.shape[1], start, keep_hash.as_uint64(key), threshold)
-
-
-def _drop_backward(attn: Tensor, dp: Tensor, delta: Tensor, key: int, start: int,
-                   threshold: int) -> Tensor:
-    """One pass over a chunk: returns attn * keep and turns dp into the softmax gradient
-    attn * (dp * keep - delta), in place."""
-    if not numba_ok(attn):
-        keep = keep_hash.keep_mask(key, start, attn.shape, threshold)
-        dp.masked_fill_(~keep, 0).sub_(delta).mul_(attn)
-        return attn.masked_fill(~keep, 0)
-    kept = torch.empty_like(attn)
-    cols = attn.shape[-1]
-    arrays = [t.numpy().reshape(-1, cols) for t in (attn, dp, kept)] + [delta.numpy().reshape(-1)]
-    _run_split(kernels().drop_backward_, arrays, cols, start, keep_hash.as_uint64(key),
-               threshold)
-    return kept
+    return keep_hash.keep_mask(keep_hash.key(seed), 0, (rows, tq, tk), keep_hash.threshold(p)).float()
 
 
 def _chunks(rows: int, per_row: int) -> list[tuple[int, int]]:
@@ -151,7 +66,7 @@ class DropoutAttention(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, p: float, scale: float,
                 seed: int) -> Tensor:
         rows, tq, tk = q.shape[0], q.shape[1], k.shape[1]
-        threshold = round(p * _SCALE)
+        threshold = keep_hash.threshold(p)
         q_scaled = q * scale
         v_scaled = v * (1.0 / keep_probability(p)) if threshold else v    # kept entries / keep prob
         key = keep_hash.key(seed)
@@ -159,7 +74,7 @@ class DropoutAttention(torch.autograd.Function):
         for a, b in _chunks(rows, tq * tk):
             attn = _softmax_scores(q_scaled[a:b], k[a:b], None if bias is None else bias[a:b])
             if threshold:
-                _drop_(attn, key, a * tq * tk, threshold)
+                drop_(attn, key, a * tq * tk, threshold)
             torch.bmm(attn, v_scaled[a:b], out=out[a:b])
         ctx.save_for_backward(q_scaled, k, v_scaled, bias, out)
         ctx.p, ctx.scale, ctx.seed = p, scale, seed
@@ -170,7 +85,7 @@ class DropoutAttention(torch.autograd.Function):
         q_scaled, k, v_scaled, bias, out = ctx.saved_tensors
         p, scale = ctx.p, ctx.scale
         rows, tq, tk = q_scaled.shape[0], q_scaled.shape[1], k.shape[1]
-        threshold = round(p * _SCALE)
+        threshold = keep_hash.threshold(p)
         key = keep_hash.key(ctx.seed)
         grad_out = grad_out.contiguous()
         dq, dk, dv = torch.empty_like(q_scaled), torch.empty_like(k), torch.empty_like(v_scaled)
@@ -180,7 +95,7 @@ class DropoutAttention(torch.autograd.Function):
             # out = (attn * keep) @ (v / kp):  d(attn) = keep * (dO @ (v / kp)^T),  dv = (attn * keep)^T dO / kp
             dp = torch.bmm(grad_out[a:b], v_scaled[a:b].transpose(1, 2))
             if threshold:       # ds = attn * (keep * dp - delta), dv from the kept entries, one pass
-                kept = _drop_backward(attn, dp, delta[a:b], key, a * tq * tk, threshold)
+                kept = drop_softmax_backward(attn, dp, delta[a:b], key, a * tq * tk, threshold)
                 torch.bmm(kept.transpose(1, 2), grad_out[a:b], out=dv[a:b])
                 ds = dp
             else:

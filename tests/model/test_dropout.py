@@ -8,14 +8,15 @@ import torch
 
 from dhmd import keep_hash
 from dhmd import dropout_attention as da
+from dhmd import keep_apply
 from dhmd.dropout import Dropout
 
 
 @pytest.mark.parametrize("numba", [True, False])
 def test_drops_at_the_rate_scales_the_rest_and_backward_uses_the_same_mask(monkeypatch, numba):
     if not numba:                                               # then it is nn.Dropout
-        monkeypatch.setattr(da, "numba_ok", lambda t: False)
-    elif da.kernels() is None:
+        monkeypatch.setattr(keep_apply, "numba_ok", lambda t: False)
+    elif keep_apply.kernels() is None:
         pytest.skip("numba is not installed")
     p = 0.25
     x = (torch.rand(64, 37, 50) + 0.5).requires_grad_()        # no zeros of its own
@@ -40,12 +41,12 @@ def test_drops_at_the_rate_scales_the_rest_and_backward_uses_the_same_mask(monke
 def test_the_mask_is_the_hash_reference_mask():
     """On the CPU with numba the kept elements are exactly keep_hash.keep_mask's for the call's seed
     (the same mask as attention dropout; without numba the module is nn.Dropout)."""
-    if da.kernels() is None:
+    if keep_apply.kernels() is None:
         pytest.skip("numba is not installed")
     from dhmd.dropout import _apply
     x = torch.rand(300, 129) + 0.5
     y = _apply(x, 0.4, seed=77)
-    ref = keep_hash.keep_mask(keep_hash.key(77), 0, x.shape, round(0.4 * 2 ** 16))
+    ref = keep_hash.keep_mask(keep_hash.key(77), 0, x.shape, keep_hash.threshold(0.4))
     assert torch.equal(y != 0, ref)
 
 

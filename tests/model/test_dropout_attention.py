@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from dhmd import DHMD, DHMDConfig
 from dhmd import dropout_attention as da
+from dhmd import keep_apply
 
 
 def _qkv(b=3, h=2, tq=7, tk=9, d=5, dtype=torch.float64, seed=0):
@@ -129,9 +130,9 @@ def test_model_uses_the_cheap_path_and_trains_reproducibly(torch_one_thread, mon
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_numba_kernels_equal_the_torch_reference_in_threads_and_without(monkeypatch, dtype):
-    """The fused kernels (split over threads above _MIN_THREADED entries) compute exactly the mask of
+    """The fused kernels (split over threads above keep_apply._MIN_THREADED entries) compute exactly the mask of
     the pure-torch reference, and the model falls back to that reference without numba."""
-    if da.kernels() is None:
+    if keep_apply.kernels() is None:
         pytest.skip("numba is not installed")
     monkeypatch.setattr(da, "CHUNK_ELEMENTS", 1 << 17)            # several chunks, each threaded
     q, k, v = _qkv(b=4, h=5, tq=120, tk=130, d=5, dtype=dtype, seed=3)
@@ -144,7 +145,7 @@ def test_numba_kernels_equal_the_torch_reference_in_threads_and_without(monkeypa
         return [out.detach()] + list(torch.autograd.grad(out, (q, k, v), grad))
 
     with_numba = run()
-    monkeypatch.setattr(da, "numba_ok", lambda t: False)
+    monkeypatch.setattr(keep_apply, "numba_ok", lambda t: False)
     reference = run()
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     for a, b in zip(with_numba, reference):

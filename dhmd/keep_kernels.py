@@ -1,16 +1,15 @@
-"""numba kernels for dhmd/dropout_attention.py: apply the dropout keep mask while computing it.
+"""numba kernels that apply a dropout keep mask while computing it (run by dhmd/keep_apply.py).
 
-The mask of an attention entry is dhmd/keep_hash.py's SplitMix64 hash of the entry's index; these
-kernels compute it where it is applied, one pass over a chunk of attention matrices, in threads
-(numba releases the GIL), so no mask tensor is ever stored and no generator runs serially: about
-0.5-1 ns an entry on two threads against 4.5 ns for drawing 16-bit lanes with torch's generator and
-applying them with torch.where.
+The mask of an element is dhmd/keep_hash.py's SplitMix64 hash of its index; these kernels compute it
+where it is applied, one pass over a block of rows, in threads (numba releases the GIL), so no mask
+tensor is ever stored and no generator runs serially (bench/keep_masks.py times them against torch's
+generator).
 
 (A kernel fusing the scores, softmax, mask and output row by row, flash-attention style, was written
 and measured on 2026-12-03: numba's auto-vectorisation of the head-size-5 and -10 reductions made it
 slower than these kernels beside torch's bmm and softmax; see BENCHMARKS.md, section 1.)
 
-Imported only when attention dropout runs on the CPU (numba's import costs about half a second);
+Imported only when dropout runs on the CPU in training (numba's import costs about half a second);
 compiled on first use for each dtype and cached next to this file when the folder is writable.
 """
 from __future__ import annotations
