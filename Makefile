@@ -26,6 +26,7 @@ bench: install
 	$(PYTHON) bench/model_step.py --batch-sizes 16 --steps 3 --warmup 1 --padding none \
 		--variant paper no-attn-dropout $(if $(DMD_REPO),--dmd-repo $(DMD_REPO))
 	$(PYTHON) bench/dropout_paths.py --batch 8 --rounds 3
+	$(PYTHON) bench/keep_masks.py --rounds 5
 	$(PYTHON) bench/extract.py --clips 8 --workers 1 2 --device auto
 	$(PYTHON) bench/extract_engines.py --clips 8 --workers 1 2
 	$(PYTHON) bench/predict.py --runs 5

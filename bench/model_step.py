@@ -32,6 +32,7 @@ import argparse
 import multiprocessing as mp
 import queue as queue_module
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -164,8 +165,7 @@ def run_isolated(*args) -> dict:
 
 def _median_row(group: list[dict]) -> dict:
     """One row from the rounds of one setting: the median step, the largest memory."""
-    ms = sorted(r["ms"] for r in group)
-    mid = ms[len(ms) // 2] if len(ms) % 2 else (ms[len(ms) // 2 - 1] + ms[len(ms) // 2]) / 2
+    mid = statistics.median(r["ms"] for r in group)
     row = dict(group[0])
     row.update(ms=mid, sps=row["batch"] / (mid / 1000), mem=max(r["mem"] for r in group),
                all_ms=[r["ms"] for r in group])

@@ -2,11 +2,12 @@
 SplitMix64(key + i * golden_gamma) fall below round(p * 2**16).
 
 Why: a mask drawn from torch's CPU generator runs one Mersenne-Twister step after another on one core
-(about 4.5 ns an attention entry here, the largest cost of a training step at the paper's settings).  A
-hash of the entry's index needs no state, so any entry's bit is computed where it is used, in any order,
-on every core, and backward computes the same mask again instead of keeping it: fused into the pass
-that applies it, 0.3-1 ns an entry on two threads (bench/keep_masks.py).  SplitMix64 (Steele, Lea and Flood 2014) is
-the output function of Java's SplittableRandom; its outputs over consecutive counters pass BigCrush.
+(about 6 ns an attention entry here, bernoulli_ 19 ns; bench/keep_masks.py), the largest cost of a
+training step at the paper's settings.  A hash of the entry's index needs no state, so any entry's bit
+is computed where it is used, in any order, on every core, and backward computes the same mask again
+instead of keeping it: fused into the pass that applies it, 0.6-0.9 ns an entry on two threads
+(bench/keep_masks.py).  SplitMix64 (Steele, Lea and Flood 2014) is the output function of Java's
+SplittableRandom; its outputs over consecutive counters pass BigCrush.
 
 Two implementations of the same function: numba kernels (dhmd/keep_kernels.py, run by
 dhmd/keep_apply.py) that apply the mask while they compute it, and the pure-torch reference here that
