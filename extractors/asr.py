@@ -147,3 +147,58 @@ class SpeechRecognizer:
             raise ExtractionError(f"speech recognition failed ({self.name}): {' '.join(str(e).split())[:200]}") from e
         words = sanitize_words(words, len(audio) / ASR_SAMPLE_RATE)
         return retime_collapsed_words(words, audio, ASR_SAMPLE_RATE)
+
+    def align(self, words: list[str], audio: np.ndarray, sample_rate: int) -> list[Word] | None:
+        """Times for words already known (a transcript from labels or a .txt), by forced alignment.
+
+        Whisper's encoder reads the audio once and its decoder is fed the given words (no search);
+        the start and end of each word come from the decoder's cross-attention, dynamic-time-warped
+        onto the audio frames: the mechanism faster-whisper uses to time the words it recognises
+        itself, applied to the transcript's own words.  About 3x cheaper than recognising the clip
+        and matching its words (:func:`extractors.words.match_times`), and a misheard word cannot
+        pull a time away.
+
+        Returns None when this cannot be done, and the caller recognises and matches instead: audio
+        longer than one Whisper window (30 s: which words fall in which window is not known from
+        the text), more tokens than the decoder takes, no voiced audio, or no words.
+        """
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if not words or len(audio) == 0:
+            return None
+        audio = _resample(audio, int(sample_rate), ASR_SAMPLE_RATE)
+        model = self._model
+        fe = model.feature_extractor
+        if len(audio) > fe.n_samples or not voiced_mask(audio, ASR_SAMPLE_RATE).any():
+            return None
+        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
+                              language=(self.cfg.language or "en") if model.model.is_multilingual else "en")
+        per_word = [tokenizer.encode(" " + w) for w in words]
+        tokens = [t for ts in per_word for t in ts]
+        if not tokens or len(tokens) > model.max_length // 2:
+            return None
+        try:
+            features = fe(audio)
+            n_frames = min(features.shape[-1] - 1, fe.nb_max_frames)
+            # align_window "clip": the encoder reads the clip's frames only, not a window padded to
+            # 30 s with silence: 4-5x cheaper for a 5 s clip, and word times as accurate on speech
+            # with known word boundaries (bench/word_times.py, BENCHMARKS.md)
+            width = n_frames + n_frames % 2 if self.cfg.align_window == "clip" else fe.nb_max_frames
+            encoded = model.encode(np.ascontiguousarray(pad_or_trim(features[:, :n_frames], width)))
+            result = model.model.align(encoded, tokenizer.sot_sequence, [tokens], n_frames,
+                                       median_filter_width=7)[0]
+        except Exception as e:
+            raise ExtractionError(f"word alignment failed ({self.name}): {' '.join(str(e).split())[:200]}") from e
+        pairs = np.asarray(result.alignments, dtype=np.int64).reshape(-1, 2)
+        jumps = np.diff(pairs[:, 0], prepend=-1).astype(bool)       # first time step of each token
+        jump_times = pairs[jumps, 1] / model.tokens_per_second
+        bounds = np.concatenate([[0], np.cumsum([len(ts) for ts in per_word])])
+        if jump_times.shape[0] < bounds[-1] + 1:
+            return None                                             # the DTW path missed a token
+        out = [Word(w, float(jump_times[a]), float(jump_times[b]))
+               for w, a, b in zip(words, bounds[:-1], bounds[1:])]
+        out = sanitize_words(out, len(audio) / ASR_SAMPLE_RATE)
+        return retime_collapsed_words(out, audio, ASR_SAMPLE_RATE)
+

@@ -11,13 +11,16 @@ Where the words come from (first found wins, in ``AsrConfig.sources`` order):
 - ``labels``: the text column of the labels file (a blank cell counts as absent).
 - ``asr``: speech recognition (:class:`extractors.asr.SpeechRecognizer`), loaded lazily.
 
-A transcript without word times (.txt, labels, json text only) gets them by aligning its words to
-the recogniser's words (:func:`match_times`, ``times_source="matched"``); if the recogniser hears
+A transcript without word times (.txt, labels, json text only) gets them from the recogniser
+(``times_source="matched"``): by forced alignment of its words to the audio
+(:meth:`extractors.asr.SpeechRecognizer.align`, clips up to 30 s), else by recognising the clip and
+aligning its words to the recogniser's words (:func:`match_times`); if the recogniser hears
 nothing, the words are spread over the voiced part of the audio (:func:`spread_over_voiced`,
 ``times_source="spread"``, which the caller flags).
 
 ``times_source`` vocabulary (fixed): ``sidecar`` (times from the sidecar, per word or per cue),
-``asr``, ``matched``, ``spread``, ``none`` (no words, or no audio to time them against).
+``asr``, ``matched`` (given words timed by the recogniser: aligned or matched), ``spread``, ``none``
+(no words, or no audio to time them against).
 
 Words are stored as the transcript gives them with surrounding punctuation stripped
 (``"movie,"`` -> ``"movie"``); words that are only punctuation are dropped.  Times are
@@ -264,6 +267,11 @@ def resolve_transcript(clip: Path, audio: np.ndarray, sample_rate: int, label_te
         return Transcript(text="", words=[], source="none", times_source="none")
     if found.words and found.times_source == "none" and duration:
         texts = [w.text for w in found.words]
+        aligned = recognizer().align(texts, audio, sample_rate) if recognised is None else None
+        if aligned is not None:
+            found.words, found.times_source = aligned, "matched"
+            found.words = sanitize_words(found.words, duration)
+            return found
         if recognised is None:
             recognised = recognizer().transcribe(audio, sample_rate)
         if recognised:
