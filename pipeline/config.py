@@ -76,6 +76,7 @@ class AsrConfig(_Section):
     compute_type: str = "int8"
     beam_size: int = Field(5, ge=1, le=20)
     vad_filter: bool = False
+    align_window: Literal["clip", "whisper"] = "clip"
     sources: list[Literal["sidecar", "labels", "asr"]] = ["sidecar", "labels", "asr"]
 
 
@@ -83,6 +84,7 @@ class FaceConfig(_Section):
     backend: Literal["mediapipe", "pyfeat"] = "mediapipe"
     min_detection_confidence: float = Field(0.5, ge=0.0, le=1.0)
     max_faces: int = Field(4, ge=1, le=32)
+    threads: int = Field(2, ge=1, le=64)
 
 
 class AudioConfig(_Section):
