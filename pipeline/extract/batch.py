@@ -216,7 +216,7 @@ def run_extract(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | Non
     --workers option) overrides ``extract.ray.workers``.
     """
     from extractors.errors import ExtractionError
-    from pipeline.extract.clip import check_regular_file, clip_settings, probe_clip, resolve_device
+    from pipeline.extract.clip import check_regular_file, clip_settings, resolve_device
     from pipeline.extract.labels import read_labels, write_labels
 
     ecfg = cfg.extract
@@ -286,15 +286,8 @@ def run_extract(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | Non
                 old = previous.get(clip_id)
                 if old is not None and old.get("entry") and old.get("entry") != job["entry"]:
                     outdated.append(old)
-                t0 = time.perf_counter()
-                try:   # bad files fail here, before any model is loaded
-                    job["info"] = probe_clip(path, ecfg)
-                    job["probe_s"] = time.perf_counter() - t0
-                except ExtractionError as e:
-                    manifest.put(i, failed_record(job, str(e)))
-                    bar.update(1)
-                    continue
                 todo.append((i, job))
+            todo = _probed(todo, ecfg, manifest, bar)   # bad files fail here, before any model is loaded
             if outdated:
                 log.warning("%s", outdated_message(outdated))
             if todo:
@@ -318,6 +311,34 @@ def run_extract(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | Non
                     manifest.flush()
         manifest.flush()
     return summarize([r for r in manifest.records if r is not None])
+
+
+def _probed(todo: list[tuple[int, dict[str, Any]]], ecfg: Any, manifest: Any, bar: Any
+            ) -> list[tuple[int, dict[str, Any]]]:
+    """The jobs whose clip ffprobe can use, each with its ``info``; the others are failed in the
+    manifest.  The probes (one ffprobe process each) run four at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from extractors.errors import ExtractionError
+    from pipeline.extract.clip import probe_clip
+
+    def probe(job: dict[str, Any]) -> tuple[Any, float, ExtractionError | None]:
+        t0 = time.perf_counter()
+        try:
+            return probe_clip(Path(job["path"]), ecfg), time.perf_counter() - t0, None
+        except ExtractionError as e:
+            return None, time.perf_counter() - t0, e
+
+    kept = []
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="probe") as pool:
+        for (i, job), (info, seconds, error) in zip(todo, pool.map(probe, [job for _, job in todo])):
+            if error is not None:
+                manifest.put(i, failed_record(job, str(error)))
+                bar.update(1)
+                continue
+            job["info"], job["probe_s"] = info, seconds
+            kept.append((i, job))
+    return kept
 
 
 def _with_ray_address(ecfg: Any, address: str) -> Any:

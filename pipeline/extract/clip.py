@@ -36,6 +36,7 @@ import logging
 import os
 import stat
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,7 +80,7 @@ def extraction_settings(cfg: "ExtractConfig") -> dict[str, Any]:
     """Every setting that changes what an entry holds (cache key, and the ``settings`` of an entry).
 
     Left out on purpose: where and how fast things run (out, workers, device, batch size,
-    max_duration_s, video_exts), which do not change the features.  (The device does change one
+    max_duration_s, video_exts, face.threads), which do not change the features.  (The device does change one
     thing, the ASR compute type; that enters the key through :func:`extraction_versions`.)
     """
     return {
@@ -88,7 +89,7 @@ def extraction_settings(cfg: "ExtractConfig") -> dict[str, Any]:
         "sample_rate": int(cfg.sample_rate),
         "text": {"model": cfg.text.model, "max_tokens": cfg.text.max_tokens, "layer": cfg.text.layer},
         "asr": cfg.asr.model_dump(mode="json"),
-        "face": cfg.face.model_dump(mode="json"),
+        "face": cfg.face.model_dump(mode="json", exclude={"threads"}),
         "audio": cfg.audio.model_dump(mode="json"),
     }
 
@@ -162,11 +163,13 @@ class ExtractorModels:
     :func:`pipeline.extract.jobs.extract_job`).
     """
 
-    def __init__(self, cfg: "ExtractConfig", device: str, text: Any, face: Any, audio_names: list[str]):
+    def __init__(self, cfg: "ExtractConfig", device: str, text: Any, face: Any, audio_names: list[str],
+                 more_faces: list[Any] | None = None):
         self.cfg = cfg
         self.device = device
         self.text = text
         self.face = face
+        self.faces = [face, *(more_faces or [])]    # readers of one clip's frames, in parallel
         self.audio_names = list(audio_names)
         self._recognizer: "SpeechRecognizer | None" = None
         self._recognizer_error: ModelLoadError | None = None
@@ -187,10 +190,13 @@ class ExtractorModels:
             text = TextEncoder(cfg.text, device=dev)
         with _naming_setting("extract.face.backend"):
             face = make_face_extractor(cfg.face, device=face_device or dev)
+            # MediaPipe reads frames independently, one model instance per thread
+            n_faces = cfg.face.threads if cfg.face.backend == "mediapipe" else 1
+            more_faces = [make_face_extractor(cfg.face, device=face_device or dev) for _ in range(n_faces - 1)]
         # the acoustic feature names, for clips without audio (empty audio computes nothing)
         _, _, audio_names = acoustic_features(np.zeros(0, np.float32), int(cfg.sample_rate), cfg.audio)
         log.info("extraction models ready on %s in %.1f s", dev, time.perf_counter() - t0)
-        return cls(cfg, dev, text, face, audio_names)
+        return cls(cfg, dev, text, face, audio_names, more_faces)
 
     def recognizer(self) -> "SpeechRecognizer":
         """The speech recogniser, loaded on first call (only clips that need ASR pay for it)."""
@@ -241,9 +247,10 @@ class ExtractorModels:
 
     def close(self) -> None:
         """Release the face backend's resources."""
-        close = getattr(self.face, "close", None)
-        if close is not None:
-            close()
+        for face in self.faces:
+            close = getattr(face, "close", None)
+            if close is not None:
+                close()
 
 
 @contextmanager
@@ -299,7 +306,12 @@ def probe_clip(path: Path, cfg: "ExtractConfig") -> "MediaInfo":
 
 def _video_features(path: Path, cfg: "ExtractConfig", models: ExtractorModels,
                     timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Face features of every sampled frame, streamed: (Tv, Dv), times (Tv,), face_mask (Tv,)."""
+    """Face features of every sampled frame, streamed: (Tv, Dv), times (Tv,), face_mask (Tv,).
+
+    With several face readers (``extract.face.threads``, MediaPipe), frame ``i`` goes to reader
+    ``i % n``, each in its own thread (the first in this one); at most ``n`` frames are held, and results are taken
+    in frame order, so the output is the same as with one reader.
+    """
     from extractors.decode import iter_frames
 
     dim = len(models.video_names)
@@ -307,23 +319,13 @@ def _video_features(path: Path, cfg: "ExtractConfig", models: ExtractorModels,
     times: list[float] = []
     mask: list[bool] = []
     zeros = np.zeros(dim, dtype=np.float32)
-    reset = getattr(models.face, "reset", None)
-    if reset is not None:
-        reset()
-    frames = iter(iter_frames(path, float(cfg.fps)))
-    while True:
-        t0 = time.perf_counter()
-        try:
-            t, frame = next(frames)
-        except StopIteration:
-            timings["decode_frames"] = timings.get("decode_frames", 0.0) + time.perf_counter() - t0
-            break
-        t1 = time.perf_counter()
-        vec = models.face.process(frame)
-        del frame
-        t2 = time.perf_counter()
-        timings["decode_frames"] = timings.get("decode_frames", 0.0) + t1 - t0
-        timings["face"] = timings.get("face", 0.0) + t2 - t1
+    readers = models.faces
+    for face in readers:
+        reset = getattr(face, "reset", None)
+        if reset is not None:
+            reset()
+
+    def take(vec: np.ndarray | None, t: float) -> None:
         if vec is None:
             rows.append(zeros)
             mask.append(False)
@@ -334,12 +336,89 @@ def _video_features(path: Path, cfg: "ExtractConfig", models: ExtractorModels,
             rows.append(vec)
             mask.append(True)
         times.append(float(t))
+
+    decode = 0.0
+    t_branch = time.perf_counter()
+    frames = iter(iter_frames(path, float(cfg.fps)))
+    pools = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="face") for _ in readers[1:]]
+    pending: deque[tuple[float, Any]] = deque()
+    try:
+        i = 0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                t, frame = next(frames)
+            except StopIteration:
+                decode += time.perf_counter() - t0
+                break
+            decode += time.perf_counter() - t0
+            k = i % len(readers)
+            i += 1
+            if k == 0:      # the first reader runs in this thread, beside the others' frames
+                vec = readers[0].process(frame)
+                while pending:                  # the frames before this one, in order
+                    t_prev, job = pending.popleft()
+                    take(job.result(), t_prev)
+                take(vec, t)
+            else:
+                pending.append((t, pools[k - 1].submit(readers[k].process, frame)))
+            del frame
+        while pending:
+            t_prev, job = pending.popleft()
+            take(job.result(), t_prev)
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+    timings["decode_frames"] = timings.get("decode_frames", 0.0) + decode
+    timings["face"] = timings.get("face", 0.0) + time.perf_counter() - t_branch - decode
     feats = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
     return feats, np.asarray(times, dtype=np.float32), np.asarray(mask, dtype=bool)
 
 
+class VideoAhead:
+    """The video branches (frames and faces) of a run's clips, in one thread, ahead of the audio.
+
+    In one process, each clip's video branch already runs beside its audio branch; but the clip is
+    done only when both are, and the branches differ in length (the first clip's audio pays for
+    warming up librosa and Whisper; a long clip's faces take longer than its speech), so one core
+    idles while the other finishes.  Here the video branch of the next ``ahead`` clips starts as
+    soon as the thread is free: :meth:`get` gives the branch of clip ``i`` (starting it, and
+    those of the following clips, when needed) as a future that :func:`extract_clip` waits on.
+    Futures hold only features (about 0.3 kB a frame), so memory stays small.
+    """
+
+    def __init__(self, paths: list[tuple[Path, bool]], cfg: "ExtractConfig", models: ExtractorModels,
+                 ahead: int = 2) -> None:
+        self._paths = paths                        # (clip, has video) in run order
+        self._cfg, self._models, self._ahead = cfg, models, ahead
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="video-ahead")
+        self._futures: dict[int, Any] = {}
+        self._next = 0
+
+    def _run(self, path: Path) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], dict[str, float]]:
+        timings: dict[str, float] = {}
+        return _video_features(path, self._cfg, self._models, timings), timings
+
+    def get(self, i: int) -> Any:
+        """The future of clip ``i``'s video branch (None for a clip without video)."""
+        while self._next < len(self._paths) and self._next <= i + self._ahead:
+            path, has_video = self._paths[self._next]
+            if has_video:
+                self._futures[self._next] = self._pool.submit(self._run, path)
+            self._next += 1
+        return self._futures.pop(i, None)
+
+    def close(self) -> None:
+        """Cancel what has not started and wait for the running branch (no face work left behind)."""
+        for f in self._futures.values():
+            f.cancel()
+        self._futures.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def extract_clip(path: Path, cfg: "ExtractConfig", models: ExtractorModels, clip_id: str | None = None,
-                 label_text: str | None = None, *, info: "MediaInfo | None" = None) -> ClipFeatures:
+                 label_text: str | None = None, *, info: "MediaInfo | None" = None,
+                 video: Any = None) -> ClipFeatures:
     """Every feature of one clip, unaligned, as stored in a cache entry.
 
     ``label_text`` is the labels file's text for the clip (a transcript source when
@@ -348,6 +427,7 @@ def extract_clip(path: Path, cfg: "ExtractConfig", models: ExtractorModels, clip
     ExtractionError (one line naming the file and the cause) for inputs that cannot be used; see
     the module docstring for flags.  Raises its subclass ModelLoadError when the speech recogniser,
     loaded by the first clip that needs it, cannot be loaded (a setting, not this clip, is wrong).
+    ``video``: this clip's video branch already started by :class:`VideoAhead` (a future).
     """
     from extractors.acoustic import acoustic_features
     from extractors.decode import load_audio
@@ -366,7 +446,9 @@ def extract_clip(path: Path, cfg: "ExtractConfig", models: ExtractorModels, clip
     # MediaPipe and CTranslate2 release the GIL, so on two cores the branches overlap
     video_job = None
     pool = None
-    if info.has_video and OVERLAP_VIDEO:
+    if info.has_video and video is not None:
+        video_job = video
+    elif info.has_video and OVERLAP_VIDEO:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="video")
         video_job = pool.submit(_video_features, path, cfg, models, timings)
     try:
@@ -408,7 +490,11 @@ def extract_clip(path: Path, cfg: "ExtractConfig", models: ExtractorModels, clip
         del audio
 
         if info.has_video:
-            if video_job is not None:
+            if video is not None:
+                (v_feats, v_times, face_mask), video_timings = video_job.result()
+                for stage, seconds in video_timings.items():
+                    timings[stage] = timings.get(stage, 0.0) + seconds
+            elif video_job is not None:
                 v_feats, v_times, face_mask = video_job.result()
             else:
                 v_feats, v_times, face_mask = _video_features(path, cfg, models, timings)

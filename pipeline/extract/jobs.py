@@ -63,7 +63,7 @@ def extract_job(job: dict[str, Any], cfg: Any, models: Any) -> dict[str, Any]:
     path = Path(job["path"])
     try:
         clip = extract_clip(path, cfg, models, clip_id=job["clip_id"], label_text=job.get("label_text"),
-                            info=job.get("info"))
+                            info=job.get("info"), video=job.get("video"))
         if "probe_s" in job:
             timings = clip.meta.setdefault("timings_s", {})
             timings["probe"] = round(job["probe_s"], 4)

