@@ -19,7 +19,6 @@ uses): config, tokenizer and weights only.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
