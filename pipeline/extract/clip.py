@@ -153,6 +153,13 @@ def _naming_setting(setting: str) -> Iterator[None]:
         raise ModelLoadError(f"{e} (setting {setting})") from None
 
 
+def _warm_up_audio(sample_rate: int) -> np.ndarray:
+    """Half a second of a quiet 150 Hz tone in noise: enough for every acoustic code path."""
+    t = np.arange(sample_rate // 2) / sample_rate
+    noise = np.random.default_rng(0).standard_normal(t.size)
+    return (0.1 * np.sin(2 * np.pi * 150 * t) + 0.01 * noise).astype(np.float32)
+
+
 class ExtractorModels:
     """Every model of the extraction, loaded once and reused for many clips.
 
@@ -195,6 +202,10 @@ class ExtractorModels:
             more_faces = [make_face_extractor(cfg.face, device=face_device or dev) for _ in range(n_faces - 1)]
         # the acoustic feature names, for clips without audio (empty audio computes nothing)
         _, _, audio_names = acoustic_features(np.zeros(0, np.float32), int(cfg.sample_rate), cfg.audio)
+        # librosa's first call imports scipy.signal and loads its numba kernels (~3.5 s here): done
+        # now, alone, instead of in the first clip, where it contends with the face threads for
+        # the interpreter and takes twice as long
+        acoustic_features(_warm_up_audio(int(cfg.sample_rate)), int(cfg.sample_rate), cfg.audio)
         log.info("extraction models ready on %s in %.1f s", dev, time.perf_counter() - t0)
         return cls(cfg, dev, text, face, audio_names, more_faces)
 
