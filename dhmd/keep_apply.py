@@ -54,6 +54,17 @@ def _workers() -> tuple[int, ThreadPoolExecutor | None]:
         return n, _pool[2]
 
 
+def shutdown() -> None:
+    """Join the kernels' threads now (a process leaving a distributed group calls it first, so no
+    thread of ours is alive while the group's native threads are torn down); a later call makes a
+    new pool."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool[2].shutdown(wait=True)
+
+
 def _run_split(fn, arrays: list, start: int, *rest) -> None:
     """``fn(*[a[r0:r1] for a in arrays], start + r0 * cols, *rest)`` over blocks of rows, a thread a
     block; arrays[0] is (rows, cols)."""

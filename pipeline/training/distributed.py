@@ -127,6 +127,9 @@ def teardown() -> None:
     if _STATE.enabled:
         import torch.distributed as dist
 
+        from dhmd.keep_apply import shutdown
+
+        shutdown()          # the dropout kernels' threads end before gloo's
         if dist.is_initialized():
             dist.destroy_process_group()
     _STATE = Dist()
