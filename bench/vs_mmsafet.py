@@ -14,8 +14,10 @@ Both tools extract the same N clips (espeak-ng demo sentences over the moving fa
 made once into --workdir) with the same transcripts given, so no speech recognition runs on either side:
 
 - ours: ``python -m pipeline.cli extract CLIPS --labels labels.csv --out EMPTY`` in a fresh process
-  (transcript from the labels' text, word times from the audio, MiniLM-L6 token features, librosa
-  acoustic features with pYIN pitch, Face Landmarker features at 15 fps, one worker);
+  with the defaults (transcript from the labels' text, its word times by forced alignment with Whisper
+  tiny.en, MiniLM-L6 token features, librosa acoustic features with pYIN pitch, Face Landmarker
+  features at 15 fps read by two model instances in threads, the video of the next clips read ahead of
+  their audio; one worker process);
 - MMSA-FET: a fresh process that builds ``FeatureExtractionTool`` with its example configs ``librosa``
   (22.05 kHz, MFCC/chroma/CQT/contrast/tonnetz...), ``mediapipe`` (face mesh at 25 fps) and ``bert`` with
   ``pretrained`` pointed at the same MiniLM-L6 folder, then ``run_single(clip, text=transcript)`` per clip.
