@@ -29,6 +29,7 @@ bench: install
 	$(PYTHON) bench/keep_masks.py --rounds 5
 	$(PYTHON) bench/extract.py --clips 8 --workers 1 2 --device auto
 	$(PYTHON) bench/extract_engines.py --clips 8 --workers 1 2
+	$(PYTHON) bench/word_times.py --sentences 16
 	$(PYTHON) bench/predict.py --runs 5
 
 clean:

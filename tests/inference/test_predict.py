@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from pipeline.config import PipelineConfig
 from pipeline.cli import main
 from pipeline.inference.predict import LABELS_7, format_table, label_2, label_7, modality_disagreement
 
@@ -180,9 +181,12 @@ def counted(checkpoint, new_clips, tmp_path_factory):
 def test_predictor_loads_models_once_for_many_clips(counted) -> None:
     _, results, loaded, counts = counted
     assert [r["status"] for r in results] == ["ok", "ok", "ok"]
-    assert loaded == {"load_for_inference": 1, "TextEncoder": 1, "make_face_extractor": 1}
-    # three clips later: still one of each, and the recogniser (the clips have no sidecar) once
-    assert counts == {"load_for_inference": 1, "TextEncoder": 1, "make_face_extractor": 1, "SpeechRecognizer": 1}
+    readers = PipelineConfig().extract.face.threads          # Face Landmarker instances, one per thread
+    assert readers == 2
+    assert loaded == {"load_for_inference": 1, "TextEncoder": 1, "make_face_extractor": readers}
+    # three clips later: still the same models, and the recogniser (the clips have no sidecar) once
+    assert counts == {"load_for_inference": 1, "TextEncoder": 1, "make_face_extractor": readers,
+                      "SpeechRecognizer": 1}
 
 
 def test_predictor_is_deterministic(counted) -> None:
