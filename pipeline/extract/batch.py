@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import contextlib
 import os
 import sys
 import time
@@ -242,6 +243,14 @@ def run_extract(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | Non
     except OSError as e:
         raise UserError(f"{out}: cannot create the cache folder ({e.strerror or e})", exit_code=2) from None
 
+    helper = None
+    if engine == "local" and workers <= 1:
+        # acoustic features are computed in a helper process (pipeline/extract/acoustic_process.py),
+        # started now so that librosa warms up there while this process imports torch, probes the
+        # clips and loads the models; closed unused when every clip is cached
+        from pipeline.extract.acoustic_process import AcousticProcess
+
+        helper = AcousticProcess(int(ecfg.sample_rate), ecfg.audio)
     try:   # the entry keys need it (the ASR compute type differs on CUDA); imports torch for "auto"
         if engine == "ray":                # the actors' device, not this machine's
             from pipeline.extract.ray_engine import ray_device, require_ray
@@ -250,10 +259,14 @@ def run_extract(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | Non
             device = ray_device(ecfg)
         else:
             device = resolve_device(ecfg.device)
-    except ValueError as e:
-        raise UserError(str(e), exit_code=2) from None
+    except BaseException as e:
+        if helper is not None:
+            helper.close()
+        if isinstance(e, ValueError):
+            raise UserError(str(e), exit_code=2) from None
+        raise
 
-    with _Lock(out):
+    with _Lock(out), contextlib.closing(helper) if helper is not None else contextlib.nullcontext():
         clean_stale_temp_files(out)
         if rows:
             write_labels(rows, out / "labels.csv")
@@ -304,7 +317,7 @@ def run_extract(cfg: Any, videos_dir: Path, out: Path | None, labels: Path | Non
 
                         run_ray(todo, ecfg, device, ray_workers, manifest, bar, job_fn or worker_job)
                     elif n_workers <= 1:
-                        run_in_process(todo, ecfg, device, manifest, bar)
+                        run_in_process(todo, ecfg, device, manifest, bar, acoustic=helper)
                     else:
                         run_pool(todo, ecfg, device, n_workers, manifest, bar, job_fn or worker_job)
                 finally:

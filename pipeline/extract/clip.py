@@ -153,13 +153,6 @@ def _naming_setting(setting: str) -> Iterator[None]:
         raise ModelLoadError(f"{e} (setting {setting})") from None
 
 
-def _warm_up_audio(sample_rate: int) -> np.ndarray:
-    """Half a second of a quiet 150 Hz tone in noise: enough for every acoustic code path."""
-    t = np.arange(sample_rate // 2) / sample_rate
-    noise = np.random.default_rng(0).standard_normal(t.size)
-    return (0.1 * np.sin(2 * np.pi * 150 * t) + 0.01 * noise).astype(np.float32)
-
-
 class ExtractorModels:
     """Every model of the extraction, loaded once and reused for many clips.
 
@@ -171,8 +164,9 @@ class ExtractorModels:
     """
 
     def __init__(self, cfg: "ExtractConfig", device: str, text: Any, face: Any, audio_names: list[str],
-                 more_faces: list[Any] | None = None):
+                 more_faces: list[Any] | None = None, acoustic: Any = None):
         self.cfg = cfg
+        self.acoustic = acoustic                     # an AcousticProcess, or None: computed in process
         self.device = device
         self.text = text
         self.face = face
@@ -182,32 +176,50 @@ class ExtractorModels:
         self._recognizer_error: ModelLoadError | None = None
 
     @classmethod
-    def load(cls, cfg: "ExtractConfig", device: str = "auto", face_device: str | None = None
-             ) -> "ExtractorModels":
+    def load(cls, cfg: "ExtractConfig", device: str = "auto", face_device: str | None = None,
+             acoustic: Any = None) -> "ExtractorModels":
         """Load the text encoder and face extractor (ModelLoadError names the model, the cause and
         the setting to change).  ``face_device`` puts the face backend elsewhere than the text
-        encoder and speech recogniser (the Ray engine keeps faces on an actor's CPUs; default: ``device``)."""
-        from extractors.acoustic import acoustic_features
+        encoder and speech recogniser (the Ray engine keeps faces on an actor's CPUs; default:
+        ``device``).  ``acoustic``: a started :class:`pipeline.extract.acoustic_process.AcousticProcess`
+        that computes the acoustic features (librosa warms up there while the models load here; the
+        models close it); without one, librosa is warmed up here, after the models."""
+        from extractors.acoustic import acoustic_feature_names, acoustic_features
         from extractors.face import make_face_extractor
         from extractors.text import TextEncoder
+        from pipeline.extract.acoustic_process import warm_up_audio
 
         dev = resolve_device(device)
         t0 = time.perf_counter()
-        with _naming_setting("extract.text.model"):
-            text = TextEncoder(cfg.text, device=dev)
-        with _naming_setting("extract.face.backend"):
-            face = make_face_extractor(cfg.face, device=face_device or dev)
-            # MediaPipe reads frames independently, one model instance per thread
-            n_faces = cfg.face.threads if cfg.face.backend == "mediapipe" else 1
-            more_faces = [make_face_extractor(cfg.face, device=face_device or dev) for _ in range(n_faces - 1)]
-        # the acoustic feature names, for clips without audio (empty audio computes nothing)
-        _, _, audio_names = acoustic_features(np.zeros(0, np.float32), int(cfg.sample_rate), cfg.audio)
-        # librosa's first call imports scipy.signal and loads its numba kernels (~3.5 s here): done
-        # now, alone, instead of in the first clip, where it contends with the face threads for
-        # the interpreter and takes twice as long
-        acoustic_features(_warm_up_audio(int(cfg.sample_rate)), int(cfg.sample_rate), cfg.audio)
+        helper = acoustic
+        try:
+            with _naming_setting("extract.text.model"):
+                text = TextEncoder(cfg.text, device=dev)
+            with _naming_setting("extract.face.backend"):
+                face = make_face_extractor(cfg.face, device=face_device or dev)
+                # MediaPipe reads frames independently, one model instance per thread
+                n_faces = cfg.face.threads if cfg.face.backend == "mediapipe" else 1
+                more_faces = [make_face_extractor(cfg.face, device=face_device or dev) for _ in range(n_faces - 1)]
+        except BaseException:
+            if helper is not None:
+                helper.close()
+            raise
+        if helper is None:
+            # librosa's first call imports scipy.signal and loads its numba kernels (~3.5 s here):
+            # done now, alone, instead of in the first clip, where it contends with the face threads
+            # for the interpreter and takes twice as long
+            acoustic_features(warm_up_audio(int(cfg.sample_rate)), int(cfg.sample_rate), cfg.audio)
         log.info("extraction models ready on %s in %.1f s", dev, time.perf_counter() - t0)
-        return cls(cfg, dev, text, face, audio_names, more_faces)
+        return cls(cfg, dev, text, face, acoustic_feature_names(cfg.audio.n_mfcc), more_faces, helper)
+
+    def acoustic_features(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """:func:`extractors.acoustic.acoustic_features` of a clip's audio, in the helper process
+        when there is one."""
+        if self.acoustic is not None:
+            return self.acoustic.features(audio, sample_rate)
+        from extractors.acoustic import acoustic_features
+
+        return acoustic_features(audio, sample_rate, self.cfg.audio)
 
     def recognizer(self) -> "SpeechRecognizer":
         """The speech recogniser, loaded on first call (only clips that need ASR pay for it)."""
@@ -262,6 +274,9 @@ class ExtractorModels:
             close = getattr(face, "close", None)
             if close is not None:
                 close()
+        if self.acoustic is not None:
+            self.acoustic.close()
+            self.acoustic = None
 
 
 @contextmanager
@@ -440,7 +455,6 @@ def extract_clip(path: Path, cfg: "ExtractConfig", models: ExtractorModels, clip
     loaded by the first clip that needs it, cannot be loaded (a setting, not this clip, is wrong).
     ``video``: this clip's video branch already started by :class:`VideoAhead` (a future).
     """
-    from extractors.acoustic import acoustic_features
     from extractors.decode import load_audio
     from extractors.transcript import Transcript, resolve_transcript
 
@@ -493,7 +507,7 @@ def extract_clip(path: Path, cfg: "ExtractConfig", models: ExtractorModels, clip
 
         with _timer(timings, "acoustic"):
             if audio.size:
-                a_feats, a_times, a_names = acoustic_features(audio, sr, cfg.audio)
+                a_feats, a_times, a_names = models.acoustic_features(audio, sr)
                 a_feats = np.nan_to_num(np.asarray(a_feats, dtype=np.float32))
             else:
                 a_names = list(models.audio_names)

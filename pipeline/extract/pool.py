@@ -99,12 +99,14 @@ def _worker_ready() -> str | None:
 
 
 def run_in_process(jobs: list[tuple[int, dict[str, Any]]], cfg: Any, device: str, manifest: Any,
-                    bar: Any) -> None:
+                    bar: Any, acoustic: Any = None) -> None:
+    """Extract the jobs in this process, one clip after the other (each clip's video beside its
+    audio, and ahead of the next clips' audio); ``acoustic``: a started AcousticProcess to use."""
     from extractors.errors import ModelLoadError
     from pipeline.extract.clip import ExtractorModels, VideoAhead
 
     try:
-        models = ExtractorModels.load(cfg, device)
+        models = ExtractorModels.load(cfg, device, acoustic=acoustic)
     except ModelLoadError as e:
         raise UserError(str(e), exit_code=2) from None
     # the video branch runs ahead of the audio branch, across clips (VideoAhead)

@@ -522,3 +522,47 @@ def test_face_readers_in_threads_and_video_ahead_give_the_same_features(tmp_path
     finally:
         for f in faces:
             f.close()
+
+
+def test_acoustic_helper_process_computes_the_same_and_never_outlives_its_parent(speech_clip, tmp_path):
+    """The acoustic helper process (one-process extract) returns exactly the in-process features,
+    raises a clip's ExtractionError in the caller, and exits when its parent is killed."""
+    from extractors.acoustic import acoustic_features
+    from extractors.decode import load_audio
+    from extractors.errors import ExtractionError
+    from pipeline.config import AudioConfig
+    from pipeline.extract.acoustic_process import AcousticProcess
+
+    audio = load_audio(speech_clip, 16000)
+    helper = AcousticProcess(16000, AudioConfig())
+    try:
+        there, here = helper.features(audio, 16000), acoustic_features(audio, 16000, AudioConfig())
+        assert np.array_equal(there[0], here[0]) and np.array_equal(there[1], here[1]) and there[2] == here[2]
+        with pytest.raises(ExtractionError, match="sample rate"):
+            helper.features(audio, 0)
+        assert helper.features(audio[:8000], 16000)[0].shape[0] == 7        # still serving after an error
+    finally:
+        helper.close()
+    assert not helper._proc.is_alive()
+    helper.close()                                                          # twice is fine
+
+    script = ("import os, signal, sys, time\n"
+              "from pipeline.config import AudioConfig\n"
+              "from pipeline.extract.acoustic_process import AcousticProcess\n"
+              "if __name__ == '__main__':\n"
+              "    h = AcousticProcess(16000, AudioConfig())\n"
+              "    print(h._proc.pid, flush=True)\n"
+              "    time.sleep(1)\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    (tmp_path / "parent.py").write_text(script)
+    proc = subprocess.run([sys.executable, str(tmp_path / "parent.py")], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    pid = int(proc.stdout.split()[0])
+    deadline = time.time() + 15
+    while time.time() < deadline and Path(f"/proc/{pid}").exists():
+        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            break                                                           # exited, not yet reaped
+        time.sleep(0.2)
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
