@@ -183,11 +183,11 @@ class ExtractorModels:
         encoder and speech recogniser (the Ray engine keeps faces on an actor's CPUs; default:
         ``device``).  ``acoustic``: a started :class:`pipeline.extract.acoustic_process.AcousticProcess`
         that computes the acoustic features (librosa warms up there while the models load here; the
-        models close it); without one, librosa is warmed up here, after the models."""
-        from extractors.acoustic import acoustic_feature_names, acoustic_features
+        models close it); without one they are computed here, and the first clip pays librosa's
+        first call (about 3.5 s: scipy.signal's import and numba kernels)."""
+        from extractors.acoustic import acoustic_feature_names
         from extractors.face import make_face_extractor
         from extractors.text import TextEncoder
-        from pipeline.extract.acoustic_process import warm_up_audio
 
         dev = resolve_device(device)
         t0 = time.perf_counter()
@@ -204,11 +204,6 @@ class ExtractorModels:
             if helper is not None:
                 helper.close()
             raise
-        if helper is None:
-            # librosa's first call imports scipy.signal and loads its numba kernels (~3.5 s here):
-            # done now, alone, instead of in the first clip, where it contends with the face threads
-            # for the interpreter and takes twice as long
-            acoustic_features(warm_up_audio(int(cfg.sample_rate)), int(cfg.sample_rate), cfg.audio)
         log.info("extraction models ready on %s in %.1f s", dev, time.perf_counter() - t0)
         return cls(cfg, dev, text, face, acoustic_feature_names(cfg.audio.n_mfcc), more_faces, helper)
 
