@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 
 FEATURE_FORMAT = 1          # bump when this module changes what an entry holds (part of the cache key)
 FLAGS = ("no_audio", "no_speech", "word_times_spread", "no_video", "no_face")
-OVERLAP_VIDEO = True        # decode frames + faces in a thread beside the audio branch (see extract_clip)
 
 
 def resolve_device(device: str) -> str:
@@ -166,7 +165,7 @@ class ExtractorModels:
     def __init__(self, cfg: "ExtractConfig", device: str, text: Any, face: Any, audio_names: list[str],
                  more_faces: list[Any] | None = None, acoustic: Any = None):
         self.cfg = cfg
-        self.acoustic = acoustic                     # an AcousticProcess, or None: computed in process
+        self.acoustic = acoustic                     # an AcousticProcess (not owned), or None: in process
         self.device = device
         self.text = text
         self.face = face
@@ -182,8 +181,8 @@ class ExtractorModels:
         the setting to change).  ``face_device`` puts the face backend elsewhere than the text
         encoder and speech recogniser (the Ray engine keeps faces on an actor's CPUs; default:
         ``device``).  ``acoustic``: a started :class:`pipeline.extract.acoustic_process.AcousticProcess`
-        that computes the acoustic features (librosa warms up there while the models load here; the
-        models close it); without one they are computed here, and the first clip pays librosa's
+        that computes the acoustic features (librosa warms up there while the models load here; whoever
+        started it closes it); without one they are computed here, and the first clip pays librosa's
         first call (about 3.5 s: scipy.signal's import and numba kernels)."""
         from extractors.acoustic import acoustic_feature_names
         from extractors.face import make_face_extractor
@@ -191,21 +190,15 @@ class ExtractorModels:
 
         dev = resolve_device(device)
         t0 = time.perf_counter()
-        helper = acoustic
-        try:
-            with _naming_setting("extract.text.model"):
-                text = TextEncoder(cfg.text, device=dev)
-            with _naming_setting("extract.face.backend"):
-                face = make_face_extractor(cfg.face, device=face_device or dev)
-                # MediaPipe reads frames independently, one model instance per thread
-                n_faces = cfg.face.threads if cfg.face.backend == "mediapipe" else 1
-                more_faces = [make_face_extractor(cfg.face, device=face_device or dev) for _ in range(n_faces - 1)]
-        except BaseException:
-            if helper is not None:
-                helper.close()
-            raise
+        with _naming_setting("extract.text.model"):
+            text = TextEncoder(cfg.text, device=dev)
+        with _naming_setting("extract.face.backend"):
+            face = make_face_extractor(cfg.face, device=face_device or dev)
+            # MediaPipe reads frames independently, one model instance per thread
+            n_faces = cfg.face.threads if cfg.face.backend == "mediapipe" else 1
+            more_faces = [make_face_extractor(cfg.face, device=face_device or dev) for _ in range(n_faces - 1)]
         log.info("extraction models ready on %s in %.1f s", dev, time.perf_counter() - t0)
-        return cls(cfg, dev, text, face, acoustic_feature_names(cfg.audio.n_mfcc), more_faces, helper)
+        return cls(cfg, dev, text, face, acoustic_feature_names(cfg.audio.n_mfcc), more_faces, acoustic)
 
     def acoustic_features(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """:func:`extractors.acoustic.acoustic_features` of a clip's audio, in the helper process
@@ -269,9 +262,6 @@ class ExtractorModels:
             close = getattr(face, "close", None)
             if close is not None:
                 close()
-        if self.acoustic is not None:
-            self.acoustic.close()
-            self.acoustic = None
 
 
 @contextmanager
@@ -396,6 +386,16 @@ def _video_features(path: Path, cfg: "ExtractConfig", models: ExtractorModels,
     return feats, np.asarray(times, dtype=np.float32), np.asarray(mask, dtype=bool)
 
 
+VideoBranch = tuple[tuple[np.ndarray, np.ndarray, np.ndarray], dict[str, float]]
+
+
+def video_branch(path: Path, cfg: "ExtractConfig", models: ExtractorModels) -> VideoBranch:
+    """:func:`_video_features` of a clip with its own timings (decode_frames, face), as a thread
+    running it beside the audio branch returns them."""
+    timings: dict[str, float] = {}
+    return _video_features(path, cfg, models, timings), timings
+
+
 class VideoAhead:
     """The video branches (frames and faces) of a run's clips, in one thread, ahead of the audio.
 
@@ -416,16 +416,12 @@ class VideoAhead:
         self._futures: dict[int, Any] = {}
         self._next = 0
 
-    def _run(self, path: Path) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], dict[str, float]]:
-        timings: dict[str, float] = {}
-        return _video_features(path, self._cfg, self._models, timings), timings
-
     def get(self, i: int) -> Any:
         """The future of clip ``i``'s video branch (None for a clip without video)."""
         while self._next < len(self._paths) and self._next <= i + self._ahead:
             path, has_video = self._paths[self._next]
             if has_video:
-                self._futures[self._next] = self._pool.submit(self._run, path)
+                self._futures[self._next] = self._pool.submit(video_branch, path, self._cfg, self._models)
             self._next += 1
         return self._futures.pop(i, None)
 
@@ -448,7 +444,8 @@ def extract_clip(path: Path, cfg: "ExtractConfig", models: ExtractorModels, clip
     ExtractionError (one line naming the file and the cause) for inputs that cannot be used; see
     the module docstring for flags.  Raises its subclass ModelLoadError when the speech recogniser,
     loaded by the first clip that needs it, cannot be loaded (a setting, not this clip, is wrong).
-    ``video``: this clip's video branch already started by :class:`VideoAhead` (a future).
+    ``video``: this clip's :func:`video_branch` already started by :class:`VideoAhead` (a future);
+    without it the branch runs in a thread of its own beside the audio.
     """
     from extractors.decode import load_audio
     from extractors.transcript import Transcript, resolve_transcript
@@ -464,13 +461,10 @@ def extract_clip(path: Path, cfg: "ExtractConfig", models: ExtractorModels, clip
 
     # the video branch (frame decoding + face) runs in a thread beside the audio branch: OpenCV,
     # MediaPipe and CTranslate2 release the GIL, so on two cores the branches overlap
-    video_job = None
     pool = None
-    if info.has_video and video is not None:
-        video_job = video
-    elif info.has_video and OVERLAP_VIDEO:
+    if info.has_video and video is None:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="video")
-        video_job = pool.submit(_video_features, path, cfg, models, timings)
+        video = pool.submit(video_branch, path, cfg, models)
     try:
         audio = np.zeros(0, dtype=np.float32)
         if info.has_audio:
@@ -510,14 +504,9 @@ def extract_clip(path: Path, cfg: "ExtractConfig", models: ExtractorModels, clip
         del audio
 
         if info.has_video:
-            if video is not None:
-                (v_feats, v_times, face_mask), video_timings = video_job.result()
-                for stage, seconds in video_timings.items():
-                    timings[stage] = timings.get(stage, 0.0) + seconds
-            elif video_job is not None:
-                v_feats, v_times, face_mask = video_job.result()
-            else:
-                v_feats, v_times, face_mask = _video_features(path, cfg, models, timings)
+            (v_feats, v_times, face_mask), video_timings = video.result()
+            for stage, seconds in video_timings.items():
+                timings[stage] = timings.get(stage, 0.0) + seconds
             if face_mask.size and not face_mask.any():
                 flags.append("no_face")
         else:
@@ -526,9 +515,7 @@ def extract_clip(path: Path, cfg: "ExtractConfig", models: ExtractorModels, clip
             v_times, face_mask = np.zeros(0, np.float32), np.zeros(0, bool)
     finally:
         if pool is not None:
-            if video_job is not None and not video_job.done():
-                video_job.cancel()
-            pool.shutdown(wait=True)      # never leave the face extractor busy in a thread
+            pool.shutdown(wait=True, cancel_futures=True)  # never leave the face extractor busy in a thread
     timings["total"] = time.perf_counter() - t_start
 
     spec = models.spec()
