@@ -94,6 +94,16 @@ def _resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
     return resample_poly(audio, target // g, int(rate) // g).astype(np.float32)
 
 
+def _voiced_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray | None:
+    """Mono float32 audio at Whisper's rate, or None when it is empty or has no voiced frame
+    (energy below -60 dBFS throughout: Whisper would hallucinate a word or two on it)."""
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    if len(audio) == 0:
+        return None
+    audio = _resample(audio, int(sample_rate), ASR_SAMPLE_RATE)
+    return audio if voiced_mask(audio, ASR_SAMPLE_RATE).any() else None
+
+
 class SpeechRecognizer:
     """A faster-whisper model, loaded once; :meth:`transcribe` gives words with times.
 
@@ -127,11 +137,8 @@ class SpeechRecognizer:
         would otherwise hallucinate a word or two on silence.  Times are clamped to the audio, and
         a word Whisper gives no duration is timed again from the audio around it.
         """
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-        if len(audio) == 0:
-            return []
-        audio = _resample(audio, int(sample_rate), ASR_SAMPLE_RATE)
-        if not voiced_mask(audio, ASR_SAMPLE_RATE).any():
+        audio = _voiced_16k(audio, sample_rate)
+        if audio is None:
             return []
         try:
             segments, _info = self._model.transcribe(
@@ -154,9 +161,9 @@ class SpeechRecognizer:
         Whisper's encoder reads the audio once and its decoder is fed the given words (no search);
         the start and end of each word come from the decoder's cross-attention, dynamic-time-warped
         onto the audio frames: the mechanism faster-whisper uses to time the words it recognises
-        itself, applied to the transcript's own words.  About 3x cheaper than recognising the clip
-        and matching its words (:func:`extractors.words.match_times`), and a misheard word cannot
-        pull a time away.
+        itself, applied to the transcript's own words.  About 7x cheaper than recognising the clip
+        and matching its words (:func:`extractors.words.match_times`), as accurate on speech with
+        known word boundaries (bench/word_times.py), and a misheard word cannot pull a time away.
 
         Returns None when this cannot be done, and the caller recognises and matches instead: audio
         longer than one Whisper window (30 s: which words fall in which window is not known from
@@ -165,13 +172,10 @@ class SpeechRecognizer:
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
 
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-        if not words or len(audio) == 0:
-            return None
-        audio = _resample(audio, int(sample_rate), ASR_SAMPLE_RATE)
+        audio = _voiced_16k(audio, sample_rate)
         model = self._model
         fe = model.feature_extractor
-        if len(audio) > fe.n_samples or not voiced_mask(audio, ASR_SAMPLE_RATE).any():
+        if not words or audio is None or len(audio) > fe.n_samples:
             return None
         tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
                               language=(self.cfg.language or "en") if model.model.is_multilingual else "en")

@@ -268,13 +268,11 @@ def resolve_transcript(clip: Path, audio: np.ndarray, sample_rate: int, label_te
     if found.words and found.times_source == "none" and duration:
         texts = [w.text for w in found.words]
         aligned = recognizer().align(texts, audio, sample_rate) if recognised is None else None
+        if aligned is None and recognised is None:
+            recognised = recognizer().transcribe(audio, sample_rate)
         if aligned is not None:
             found.words, found.times_source = aligned, "matched"
-            found.words = sanitize_words(found.words, duration)
-            return found
-        if recognised is None:
-            recognised = recognizer().transcribe(audio, sample_rate)
-        if recognised:
+        elif recognised:
             found.words, found.times_source = match_times(texts, recognised, audio, sample_rate), "matched"
         else:
             log.warning("%s: the recogniser heard no words; %d transcript words spread over voiced audio",
