@@ -6,6 +6,7 @@ transformers uses).  Cheap, so the cache key can ask (:func:`extractors.text.tex
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,8 @@ def fetch(name: str) -> Path:
     return config.parent
 
 
+@functools.lru_cache(maxsize=64)
 def supported_folder(target: str) -> bool | None:
-    """:func:`supported` for a folder; None when ``target`` is not a folder (a hub name not fetched)."""
+    """:func:`supported` for a folder; None when ``target`` is not a folder (a hub name not fetched).
+    Remembered per process: the cache key asks it for every clip of a run."""
     return supported(Path(target)) if Path(target).expanduser().is_dir() else None

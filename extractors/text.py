@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -83,6 +83,24 @@ def text_versions(cfg: "TextConfig") -> dict[str, str]:
     return out
 
 
+class _TransformersTokens:
+    """A transformers fast tokenizer with :class:`extractors.bert.BertTokens`' interface."""
+
+    def __init__(self, tokenizer: Any, max_tokens: int) -> None:
+        self.tokenizer, self.max_tokens = tokenizer, max_tokens
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        return self.tokenizer.convert_ids_to_tokens(ids)
+
+    def __call__(self, batch: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[int | None]]]:
+        enc = self.tokenizer(batch, is_split_into_words=True, truncation=True, max_length=self.max_tokens,
+                             padding=True, return_tensors="np")
+        ids = enc["input_ids"].astype(np.int64)
+        seg = enc["token_type_ids"] if "token_type_ids" in enc else np.zeros_like(ids)
+        return (ids, enc["attention_mask"].astype(np.int64), seg.astype(np.int64),
+                [enc.word_ids(r) for r in range(len(batch))])
+
+
 class TextEncoder:
     """A tokenizer + encoder loaded once; :meth:`encode` turns a word list into token features.
 
@@ -104,8 +122,8 @@ class TextEncoder:
         self.device = torch.device(device)
         target, self.name, note = resolve_text_model(cfg.model)
         try:
-            folder = Path(target) if Path(target).is_dir() else self._fetch(target)
-            if folder is not None and bert_files.supported(folder):
+            folder = Path(target) if Path(target).is_dir() else bert_files.fetch(target)
+            if bert_files.supported(folder):
                 self._load_bert(folder)
                 self.version = f"dhmd-bert {BERT_VERSION}; tokenizers {package_version('tokenizers')}; " \
                                f"torch {torch.__version__}{note}"
@@ -123,17 +141,6 @@ class TextEncoder:
                                  f"(the model has {self.n_states} hidden states: -{self.n_states}..{self.n_states - 1})")
         self.model.eval().to(self.device)
         log.info("loaded text model %s (%d-d, %s) on %s", self.name, self.dim, self.backend, device)
-
-    @staticmethod
-    def _fetch(name: str) -> Path | None:
-        """A hub name's folder when huggingface_hub can fetch it (None: let transformers try)."""
-        try:
-            import huggingface_hub  # noqa: F401
-        except ImportError:
-            return None
-        from extractors.bert_files import fetch
-
-        return fetch(name)
 
     def _load_bert(self, folder: Path) -> None:
         from extractors import bert
@@ -158,16 +165,7 @@ class TextEncoder:
         self.dim = int(getattr(config, "hidden_size", 0) or getattr(config, "dim", 0))
         self.n_states = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layers", 0)) + 1
 
-        def tokens(batch: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[int | None]]]:
-            enc = tokenizer(batch, is_split_into_words=True, truncation=True, max_length=self.cfg.max_tokens,
-                            padding=True, return_tensors="np")
-            ids = enc["input_ids"].astype(np.int64)
-            seg = enc["token_type_ids"] if "token_type_ids" in enc else np.zeros_like(ids)
-            return ids, enc["attention_mask"].astype(np.int64), seg.astype(np.int64), \
-                [enc.word_ids(r) for r in range(len(batch))]
-
-        self.tokens = tokens
-        self.tokens.pieces = tokenizer.convert_ids_to_tokens
+        self.tokens = _TransformersTokens(tokenizer, self.cfg.max_tokens)
 
     def _hidden(self, ids: np.ndarray, mask: np.ndarray, segment: np.ndarray) -> np.ndarray:
         """Hidden state ``cfg.layer`` of a padded batch, (B, T, D) float32."""
