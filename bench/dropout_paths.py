@@ -14,7 +14,6 @@ fastest and median step.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dhmd.crossmodal as crossmodal  # noqa: E402
 from model_step import dhmd_step, make_batch  # noqa: E402
+from rounds import fastest_median_table, interleaved  # noqa: E402
 
 CURRENT = crossmodal.dropout_attention
 
@@ -58,18 +58,10 @@ def main() -> int:
         step()
         return time.perf_counter() - start
 
-    for name in steps:
-        run(name)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name in steps:
-            times[name].append(run(name))
+    times = interleaved({name: (lambda name=name: run(name)) for name in steps}, args.rounds)
     print(f"DHMD training step on the CPU ({torch.get_num_threads()} threads), batch {args.batch}, MOSI shapes, "
           f"{args.rounds} interleaved rounds\n")
-    print("| variant | fastest s | median s | samples/s (fastest) |")
-    print("|---|---:|---:|---:|")
-    for name, values in times.items():
-        print(f"| {name} | {min(values):.2f} | {statistics.median(values):.2f} | {args.batch / min(values):.2f} |")
+    print(fastest_median_table(times, "variant", "s", ("samples/s (fastest)", lambda s: f"{args.batch / s:.2f}")))
     return 0
 
 

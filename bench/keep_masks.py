@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a checkout as well
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dhmd import keep_apply, keep_hash  # noqa: E402
+from rounds import fastest_median_table, interleaved  # noqa: E402
 
 
 def lanes_where(x: torch.Tensor, gen: torch.Generator, threshold: int) -> None:
@@ -52,21 +54,20 @@ def main() -> int:
         "hash, torch reference": lambda x: x.masked_fill_(~keep_hash.keep_mask(key, 0, x.shape, thr), 0),
         "hash, numba kernels (now)": lambda x: keep_apply.drop_(x, key, 0, thr),
     }
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for r in range(args.rounds + 1):                        # round 0 warms up (numba loads its cache)
-        for name, fn in methods.items():
+    def measure(fn) -> Callable[[], float]:
+        def run() -> float:
             x = base.clone()
             start = time.perf_counter()
             fn(x)
-            if r:
-                times[name].append((time.perf_counter() - start) / x.numel() * 1e9)
+            return (time.perf_counter() - start) / x.numel() * 1e9
+        return run
+
+    # round 0 warms up (numba loads its cache)
+    times = interleaved({name: measure(fn) for name, fn in methods.items()}, args.rounds)
     print(f"Dropout mask drawn and applied, float32 {'x'.join(map(str, args.shape))} "
           f"({math.prod(args.shape) / 1e6:.0f} M elements), p={args.p}, {torch.get_num_threads()} threads, "
           f"{args.rounds} interleaved rounds\n")
-    print("| method | ns an element (fastest) | ns an element (median) |")
-    print("|---|---:|---:|")
-    for name, values in times.items():
-        print(f"| {name} | {min(values):.2f} | {statistics.median(values):.2f} |")
+    print(fastest_median_table(times, "method", "ns an element"))
     return 0
 
 
