@@ -25,6 +25,11 @@ What this does instead (a custom autograd function, flash-attention style on the
 * backward uses the identity rowsum(dP * P) = rowsum(dO * O) (flash attention's), so the softmax
   gradient needs no reduction over the dropped matrix.
 
+float32 tensors go to dhmd/fused_attention.py instead when its C kernel could be built (dhmd/native.py):
+the same masks and mathematics, fused row by row (several times faster); this chunked path is the
+fallback (no C compiler, ``DHMD_NATIVE=0``, float64) and the definition the fused kernel is tested
+against.
+
 Forward and gradients equal the reference ``softmax(q k^T * scale + mask) * keep / keep_prob @ v``
 with the mask that :func:`dropout_keep_mask` returns for the same seed (tests/model check both paths),
 and equal SDPA exactly up to float rounding when ``dropout_p`` is 0.
@@ -34,7 +39,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import keep_hash
+from . import fused_attention, keep_hash
 from .keep_apply import drop_, drop_softmax_backward
 from .keep_hash import keep_probability
 
@@ -121,8 +126,9 @@ def dropout_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, 
     if key_mask is not None:
         bias = torch.zeros(key_mask.shape, dtype=q.dtype).masked_fill_(~key_mask, float("-inf"))
         bias = bias[:, None, None, :].expand(bsz, heads, 1, tk).reshape(bsz * heads, 1, tk)
-    out = DropoutAttention.apply(q.reshape(bsz * heads, tq, d).contiguous(),
-                                 k.reshape(bsz * heads, tk, d).contiguous(),
-                                 v.reshape(bsz * heads, tk, d).contiguous(), bias, float(dropout_p),
-                                 float(scale), seed)
+    q, k, v = (t.reshape(bsz * heads, t.shape[2], d).contiguous() for t in (q, k, v))
+    if fused_attention.usable(q):           # float32: the fused C kernel, same masks and mathematics
+        out = fused_attention.fused_dropout_attention(q, k, v, bias, float(dropout_p), float(scale), seed)
+    else:
+        out = DropoutAttention.apply(q, k, v, bias, float(dropout_p), float(scale), seed)
     return out.view(bsz, heads, tq, d)

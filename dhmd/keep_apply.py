@@ -41,7 +41,7 @@ _pool: tuple[int, int, ThreadPoolExecutor] | None = None      # (pid, threads, p
 _pool_lock = threading.Lock()
 
 
-def _workers() -> tuple[int, ThreadPoolExecutor | None]:
+def workers() -> tuple[int, ThreadPoolExecutor | None]:
     """(threads, pool): torch.get_num_threads() threads for the kernels (no pool with one); the pool
     is made again after a fork, whose child inherits the pool object but none of its threads."""
     global _pool
@@ -69,7 +69,7 @@ def _run_split(fn, arrays: list, start: int, *rest) -> None:
     """``fn(*[a[r0:r1] for a in arrays], start + r0 * cols, *rest)`` over blocks of rows, a thread a
     block; arrays[0] is (rows, cols)."""
     rows, cols = arrays[0].shape
-    parts, pool = _workers() if rows > 1 and rows * cols >= _MIN_THREADED else (1, None)
+    parts, pool = workers() if rows > 1 and rows * cols >= _MIN_THREADED else (1, None)
     if pool is None:
         fn(*arrays, start, *rest)
         return

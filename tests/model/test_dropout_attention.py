@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from dhmd import DHMD, DHMDConfig
 from dhmd import dropout_attention as da
-from dhmd import keep_apply
+from dhmd import fused_attention, keep_apply
 
 
 def _qkv(b=3, h=2, tq=7, tk=9, d=5, dtype=torch.float64, seed=0):
@@ -103,8 +103,8 @@ def _model(attn_dropout: float) -> DHMD:
 
 def test_model_uses_the_cheap_path_and_trains_reproducibly(torch_one_thread, monkeypatch):
     calls = []
-    real = da.DropoutAttention.apply
-    monkeypatch.setattr(da.DropoutAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    for fn in (da.DropoutAttention, fused_attention.FusedDropoutAttention):   # chunked or fused C kernel
+        monkeypatch.setattr(fn, "apply", lambda *a, real=fn.apply: calls.append(1) or real(*a))
     g = torch.Generator().manual_seed(3)
     batch = [torch.randn(4, t, d, generator=g) for t, d in ((5, 8), (7, 4), (6, 6))]
     mask = torch.ones(4, 7, dtype=torch.bool)
@@ -118,7 +118,7 @@ def test_model_uses_the_cheap_path_and_trains_reproducibly(torch_one_thread, mon
         return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     a, b, c = grads(_model(0.2), 5), grads(_model(0.2), 5), grads(_model(0.2), 6)
-    assert calls, "training with attention dropout on the CPU did not use DropoutAttention"
+    assert calls, "training with attention dropout on the CPU used neither the chunked nor the fused path"
     assert all(torch.equal(x, y) for x, y in zip(a, b))                 # same seed: same masks
     assert not all(torch.equal(x, y) for x, y in zip(a, c))             # other seed: other masks
     assert all(torch.isfinite(x).all() for x in a)
@@ -135,6 +135,7 @@ def test_numba_kernels_equal_the_torch_reference_in_threads_and_without(monkeypa
     if keep_apply.kernels() is None:
         pytest.skip("numba is not installed")
     monkeypatch.setattr(da, "CHUNK_ELEMENTS", 1 << 17)            # several chunks, each threaded
+    monkeypatch.setattr(fused_attention, "usable", lambda q: False)   # the chunked path, not the C kernel
     q, k, v = _qkv(b=4, h=5, tq=120, tk=130, d=5, dtype=dtype, seed=3)
     mask = torch.ones(4, 130, dtype=torch.bool)
     mask[3, 90:] = False
