@@ -7,13 +7,17 @@ heads, 4 layers, K=512).  Each (device, batch) runs in a fresh process so that m
 Memory: on CUDA torch.cuda.max_memory_allocated() after reset_peak_memory_stats() (tensors only, not the
 allocator's cache); on CPU the rise of the process's peak resident set size (ru_maxrss) over its value
 after the model and the batch were built (before the warm-up steps), i.e. what training steps add
-(activations, gradients, Adam state).  On the CPU the attention-dropout kernels (numba's runtime, about
-330 MiB resident once per process) are loaded before that, so the figure is the step's own.
+(activations, gradients, Adam state).  On the CPU the dropout kernels (the fused attention's C kernel,
+and numba's runtime for the layers' dropout, about 330 MiB resident once per process) are loaded
+before that, so the figure is the step's own.
 
 Variants (--variant, repeatable; each is timed in its own rows, --set applies on top of each):
     paper            the paper's defaults (Table 1)
     no-attn-dropout  attn_dropout=0: on CPU SDPA then takes its fused (flash) kernel instead of
                      dhmd.dropout_attention's path; on CUDA the fused kernels run either way
+    paper-chunked    the paper's defaults with DHMD_NATIVE=0: on CPU attention with dropout takes the
+                     chunked torch / numba path (dhmd/dropout_attention.py) instead of the fused C
+                     kernel (dhmd/fused_attention.py), as on a machine without a C compiler
 
 The public DMD code (mdswyz/DMD, the CVPR 2023 predecessor) is timed beside it at the same shapes with
 --dmd-repo PATH, a checkout of https://github.com/mdswyz/DMD (bench/dmd_reference.py says how its step
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import queue as queue_module
 import resource
 import statistics
@@ -45,7 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a c
 from dhmd import DHMD, DHMDConfig  # noqa: E402
 
 SHAPES = {"text": (50, 768), "audio": (375, 5), "video": (500, 20)}
-VARIANTS = {"paper": {}, "no-attn-dropout": {"attn_dropout": 0.0}}
+VARIANTS = {"paper": {}, "no-attn-dropout": {"attn_dropout": 0.0}, "paper-chunked": {}}
+VARIANT_ENV = {"paper-chunked": {"DHMD_NATIVE": "0"}}    # the chunked torch / numba attention path
 
 
 def make_batch(batch: int, device: torch.device, padding: str, seed: int = 0) -> dict:
@@ -82,11 +88,13 @@ def dhmd_step(device: torch.device, inputs: dict, use_amp: bool,
     model = DHMD(cfg).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     if device.type == "cpu":
-        # load the attention-dropout kernels (numba's runtime: ~330 MiB resident, once per process)
-        # before the measured steps, so that the memory column is the step's own
+        # load the dropout kernels (the fused attention's C kernel, built once per machine; numba's
+        # runtime for the layers' dropout, ~330 MiB resident, once per process) before the measured
+        # steps, so that the memory column is the step's own
+        from dhmd.dropout import Dropout
         from dhmd.dropout_attention import dropout_attention
         x = torch.randn(1, 1, 4, 5, requires_grad=True)
-        dropout_attention(x, x, x, None, 0.1, 0.5).sum().backward()
+        (dropout_attention(x, x, x, None, 0.1, 0.5).sum() + Dropout(0.1)(x).sum()).backward()
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -142,14 +150,15 @@ def measure(device_name: str, batch: int, steps: int, warmup: int, amp: bool, pa
             "threads": torch.get_num_threads(), "params": params}
 
 
-def _child(queue: mp.Queue, args: tuple) -> None:
+def _child(queue: mp.Queue, args: tuple, env: dict) -> None:
+    os.environ.update(env)
     queue.put(measure(*args))
 
 
-def run_isolated(*args) -> dict:
+def run_isolated(*args, env: dict | None = None) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, args))
+    proc = ctx.Process(target=_child, args=(queue, args, env or {}))
     proc.start()
     while True:                       # a child killed (e.g. out of memory) must not hang the benchmark
         try:
@@ -205,7 +214,7 @@ def main() -> int:
             for d in devices:
                 for b in args.batch_sizes:
                     row = run_isolated(d, b, args.steps, args.warmup, not args.no_amp, args.padding,
-                                       {**VARIANTS[variant], **overrides})
+                                       {**VARIANTS[variant], **overrides}, env=VARIANT_ENV.get(variant))
                     runs.setdefault((variant, d, b), []).append({**row, "variant": variant})
         if args.dmd_repo:
             for d in devices:
@@ -234,6 +243,13 @@ def main() -> int:
         mem = f"{r['mem'] / ref['mem']:.2f}" if ref and ref["mem"] > 0 else "-"
         print(f"| {r['variant']} | {r['params'] / 1e6:.2f} M | {dev} | {r['precision']} | {r['batch']} | "
               f"{r['ms']:.0f} | {r['sps']:.2f} | {speed} | {r['mem']:.0f} | {mem} | {r['mem_kind']} |")
+    if args.rounds > 1 and dmd:
+        print("\nRound by round, x DMD samples/s (DMD's step of the same round over this row's):\n")
+        for r in rows:
+            ref = dmd.get((r["device"], r["batch"]))
+            if ref is not None and r is not ref:
+                ratios = [f"{m_ref / m:.2f}" for m, m_ref in zip(r["all_ms"], ref["all_ms"])]
+                print(f"- {r['variant'].split(' (rounds')[0]}, batch {r['batch']}: {', '.join(ratios)}")
     return 0
 
 
