@@ -15,8 +15,12 @@ cd "$(dirname "$0")/.."
 PIN=("${PIP[@]}" -c scripts/constraints.txt)   # the tested versions
 
 # 1. System tools: ffmpeg (decode, probe) and espeak-ng (speech for tests and the demo); chromium and
-#    chromium-driver: the browser test of the page of dhmd-pipeline serve (headless, via Selenium).
+#    chromium-driver: the browser test of the page of dhmd-pipeline serve (headless, via Selenium);
+#    a C compiler (gcc, libc6-dev): the fused CPU attention kernel, built on first use (dhmd/native.py;
+#    without one, training takes the slower torch path).
 missing=()
+command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+[ -f /usr/include/math.h ] || missing+=(libc6-dev)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
