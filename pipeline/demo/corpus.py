@@ -34,6 +34,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from pipeline.demo.sentences import SENTENCES, TRAIN_SENTENCES, Sentence
 from pipeline.demo.synth import ASTRONAUT, IDENTITIES, Look, random_look
 from pipeline.files import atomic_write_text
 
@@ -41,163 +42,6 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 CORPUS_VERSION = "2"   # bump when rendering changes, so existing clips are rendered again
-
-
-@dataclass(frozen=True)
-class Sentence:
-    """One sentence of the corpus, its sentiment score in [-3, 3] and its topic."""
-
-    text: str
-    score: float
-    topic: str
-
-
-def _s(score: float, topic: str, text: str) -> Sentence:
-    return Sentence(text=text, score=float(score), topic=topic)
-
-
-# Written for this project.  Scores: +3 very positive ... 0 neutral ... -3 very negative.
-SENTENCES: tuple[Sentence, ...] = (
-    # very positive
-    _s(3, "films", "This is honestly the best film I have seen in years, I loved every minute."),
-    _s(3, "family", "The wedding was perfect and everyone we love was there to celebrate with us."),
-    _s(3, "work", "I got the job! I'm so thrilled I can barely sit still."),
-    _s(3, "travel", "What a fantastic holiday, the beaches were stunning and the people were wonderful."),
-    _s(3, "health", "Her recovery has been nothing short of amazing, and the doctors are delighted."),
-    _s(3, "food", "Absolutely delicious from the first bite to the last, I'd go back tomorrow."),
-    _s(3, "products", "This little camera is brilliant; the pictures come out sharp and gorgeous every time."),
-    _s(3, "sports", "Our team won the championship and the whole town is celebrating tonight."),
-    _s(3, "music", "The concert was magical, easily the happiest night of my whole year."),
-    _s(3, "pets", "I adore my new puppy, she makes every single day brighter."),
-    _s(3, "service", "Truly outstanding service, they went far beyond anything we expected."),
-    _s(3, "family", "Seeing my grandmother laugh like that again filled my heart with joy."),
-    _s(3, "books", "The novel is a masterpiece, beautifully written and impossible to put down."),
-    _s(2.5, "home", "Moving to this neighbourhood was the best decision I ever made, I love it here."),
-    _s(3, "weather", "The sunrise over the mountains was breathtaking, pure bliss."),
-    _s(3, "family", "What a wonderful surprise, thank you so much for thinking of me."),
-    _s(2.5, "food", "The fish was fresh and perfectly cooked, a real treat."),
-    # positive
-    _s(2, "food", "The pasta was really good and the portions were generous."),
-    _s(2, "films", "I enjoyed the movie a lot, especially the clever ending."),
-    _s(2, "products", "My new laptop is fast, quiet, and the battery lasts all day."),
-    _s(2, "family", "We had a lovely sunny afternoon in the park with the kids."),
-    _s(2, "health", "The nurse was kind and patient, which made the whole visit much easier."),
-    _s(2, "work", "Work has been going well lately and my manager praised my report."),
-    _s(2, "travel", "The hotel room was clean, bright and surprisingly spacious."),
-    _s(2, "products", "These running shoes are comfortable and they look great too."),
-    _s(2, "travel", "It was a pleasant flight, smooth and right on time."),
-    _s(2, "home", "I'm happy with how the garden turned out this spring."),
-    _s(2.5, "school", "The new teacher is wonderful with the children and they adore her."),
-    _s(2, "family", "Dinner with my brother was fun, we laughed the whole evening."),
-    _s(2, "products", "The update fixed every problem I had, nice work from the developers."),
-    _s(2, "health", "I feel much stronger since I started swimming twice a week."),
-    _s(2, "travel", "A charming little museum with friendly staff and great exhibits."),
-    _s(1.5, "food", "The soup was warm, tasty and exactly what I needed on a cold day."),
-    _s(2, "family", "I'm proud of the kids, they worked hard and it paid off."),
-    _s(2, "products", "Great value for the price, I would happily buy it again."),
-    _s(2, "family", "The kids loved the zoo and couldn't stop talking about the penguins."),
-    _s(2, "city", "The new bridge finally opened and my commute is twenty minutes shorter."),
-    # mildly positive
-    _s(1, "food", "The coffee here is decent and the staff are friendly enough."),
-    _s(1, "films", "It's not bad at all, actually, better than I expected."),
-    _s(1, "weather", "The weather should clear up by the weekend, which would be nice."),
-    _s(1, "films", "The film had a slow start but the second half was quite enjoyable."),
-    _s(1, "work", "The meeting went fine and we agreed on most points."),
-    _s(1, "health", "My knee feels a bit better today than it did last week."),
-    _s(1, "products", "The phone works well, although the case feels a little cheap."),
-    _s(1, "home", "We found a reasonable apartment close to the station."),
-    _s(1, "travel", "The train was a bit crowded, but it got us there on time."),
-    _s(1, "food", "The salad was fresh, nothing special, but I liked it."),
-    _s(1, "work", "I think the new schedule will work out for most of us."),
-    _s(1.5, "books", "The book was an easy, pleasant read for a long journey."),
-    _s(1, "family", "My sister called to say the move went smoothly."),
-    _s(1, "products", "The headphones sound good for the money."),
-    _s(1, "weather", "It rained in the morning, but the afternoon turned out nice."),
-    _s(1, "school", "I passed the exam, not with a great mark, but I passed."),
-    _s(1, "travel", "The tour guide knew her stuff and kept things moving."),
-    _s(1, "food", "A solid little restaurant, I'd eat there again if I'm nearby."),
-    _s(1.5, "weather", "The rain finally stopped and the whole city smelled fresh."),
-    # neutral
-    _s(0, "travel", "The train leaves at nine and arrives a little after noon."),
-    _s(0, "work", "The meeting has been moved to Thursday afternoon."),
-    _s(0, "food", "I bought bread, milk and a few apples at the market."),
-    _s(0, "films", "The film runs for about two hours and was shot in Canada."),
-    _s(0, "weather", "Tomorrow will be cloudy with temperatures around fifteen degrees."),
-    _s(0, "family", "My brother lives in a small town near the coast."),
-    _s(0, "products", "The package should arrive sometime between Monday and Wednesday."),
-    _s(0, "health", "The doctor asked me to come back in three weeks for another check."),
-    _s(0, "food", "The restaurant opens at six and closes at eleven."),
-    _s(0, "family", "We usually drive to my parents' house on Sundays."),
-    _s(0, "products", "The phone comes in black, white and dark blue."),
-    _s(0, "work", "This report covers sales from January to March."),
-    _s(0, "city", "The museum is on the other side of the river."),
-    _s(0, "travel", "I have to renew my passport before the end of the year."),
-    _s(0, "work", "She works as an engineer at a company downtown."),
-    _s(0, "food", "The recipe calls for two eggs and a cup of flour."),
-    _s(0, "city", "The bus stops here every fifteen minutes."),
-    _s(0, "books", "The book is about a family living in Scotland after the war."),
-    _s(0, "films", "It was okay, I suppose, neither good nor bad."),
-    _s(0, "work", "The printer on the second floor uses a different cable."),
-    _s(0, "home", "We moved the sofa to the other wall of the living room."),
-    _s(0, "travel", "Our flight has a short stop in Frankfurt."),
-    _s(0, "school", "The lecture starts in room twelve at ten o'clock."),
-    # mildly negative
-    _s(-1, "food", "The coffee was a little too bitter for my taste."),
-    _s(-1, "films", "The film dragged in the middle and the ending felt rushed."),
-    _s(-1, "weather", "I'm a bit tired of all this rain."),
-    _s(-1, "travel", "The hotel was fine, but the walls were thin and it got noisy."),
-    _s(-1, "work", "The meeting ran long and we didn't decide much."),
-    _s(-1, "health", "My back has been sore since the weekend."),
-    _s(-1.5, "products", "The instructions were confusing and it took ages to set up."),
-    _s(-1, "products", "Delivery took longer than they promised."),
-    _s(-1.5, "food", "The food was bland and slightly overpriced."),
-    _s(-1, "travel", "I can't say I enjoyed the trip very much."),
-    _s(-1, "work", "The new office is further from home, which is annoying."),
-    _s(-1, "products", "The battery drains faster than I'd like."),
-    _s(-1, "family", "The kids were grumpy all afternoon and nobody wanted to play."),
-    _s(-1, "films", "The show was not as funny as everyone said it would be."),
-    _s(-1, "city", "Traffic was slow again, so I was late for work."),
-    _s(-1, "travel", "The room felt a bit cold and the bed was too soft."),
-    _s(-1, "films", "I was hoping for more from the sequel, honestly."),
-    _s(-1, "food", "The waiter seemed distracted and forgot our drinks."),
-    _s(-1, "city", "I was disappointed that the museum was closed for repairs."),
-    _s(-1, "films", "Honestly not the worst film, but I wouldn't watch it again."),
-    # negative
-    _s(-2, "service", "The service was slow, rude and completely disorganised."),
-    _s(-2, "films", "I really didn't like the movie, the story made no sense."),
-    _s(-2, "products", "This blender broke after two weeks, what a waste of money."),
-    _s(-2, "travel", "The flight was delayed for five hours and nobody told us anything."),
-    _s(-2, "health", "I've been feeling sick all week and I can't sleep."),
-    _s(-2, "work", "My boss criticised my work in front of the whole team."),
-    _s(-2, "home", "The apartment was dirty and smelled of smoke when we arrived."),
-    _s(-2, "weather", "The storm knocked out our power and flooded the basement."),
-    _s(-2, "family", "We argued all evening and the dinner was ruined."),
-    _s(-2, "food", "The soup was cold and the waiter never came back to our table."),
-    _s(-2, "work", "The software keeps crashing and I lost a whole day of work."),
-    _s(-2, "travel", "The hike was miserable, muddy, freezing and far too long."),
-    _s(-2, "products", "I regret buying these headphones, they hurt my ears."),
-    _s(-2, "service", "Customer support ignored my emails for three weeks."),
-    _s(-1.5, "health", "The doctor's news worried me more than I expected."),
-    _s(-2, "travel", "Our holiday was spoiled by constant noise from the construction site."),
-    _s(-2, "films", "The acting was wooden and the jokes fell flat."),
-    _s(-2.5, "school", "I failed the driving test again and I feel stupid."),
-    _s(-2, "products", "The printer jams every other page, it drives me crazy."),
-    # very negative
-    _s(-3, "food", "That was the worst meal I have ever had, absolutely disgusting."),
-    _s(-3, "films", "This film was a complete disaster, I hated every single minute."),
-    _s(-3, "work", "I was fired today and I have no idea how to pay the rent."),
-    _s(-3, "travel", "The hotel was filthy, the staff were hostile, and we left in tears."),
-    _s(-3, "family", "Losing my grandfather has been the most painful thing in my life."),
-    _s(-3, "products", "This phone is total garbage, it died after one day and they refused a refund."),
-    _s(-3, "travel", "The trip was a nightmare from start to finish, everything went wrong."),
-    _s(-3, "health", "I'm furious, they cancelled my surgery again without any explanation."),
-    _s(-3, "service", "Awful, dreadful service, I will never set foot in that shop again."),
-    _s(-3, "travel", "The car broke down in the desert and we were stranded all night, terrified."),
-    _s(-3, "family", "What a horrible, cruel thing to say to a child."),
-    _s(-2.5, "work", "My whole week has been a miserable, exhausting mess."),
-    _s(-3, "music", "The concert was a terrible letdown, the sound was painful and the band was awful."),
-    _s(-3, "books", "This is the most boring, pointless book I have ever tried to read."),
-)
 
 
 @dataclass(frozen=True)
@@ -269,8 +113,11 @@ class ClipSpec:
 
 
 def sentence_id(sentence: Sentence) -> str:
-    """Stable id of a sentence: its position in :data:`SENTENCES` (``s000`` ...)."""
-    return f"s{SENTENCES.index(sentence):03d}"
+    """Stable id of a sentence: its position in :data:`SENTENCES` (``s000`` ...) or in
+    :data:`TRAIN_SENTENCES` (``x000`` ...)."""
+    if sentence in SENTENCES:
+        return f"s{SENTENCES.index(sentence):03d}"
+    return f"x{TRAIN_SENTENCES.index(sentence):03d}"
 
 
 def sign(score: float) -> int:
@@ -297,6 +144,16 @@ def select_sentences(n: int | None = None, sentences: Sequence[Sentence] = SENTE
         idx = np.unique(np.round(np.linspace(0, len(g) - 1, k)).astype(int)) if k else []
         chosen += [g[i] for i in idx]
     return sorted(chosen, key=sentence_id)
+
+
+def training_sentences(n: int | None = None) -> list[Sentence]:
+    """The training-only sentences for a demo of ``n`` corpus sentences (None: all of each): the same
+    share of :data:`TRAIN_SENTENCES` as of :data:`SENTENCES`, balanced like :func:`select_sentences`
+    (none below 4)."""
+    if not n or n >= len(SENTENCES):
+        return list(TRAIN_SENTENCES)
+    k = round(len(TRAIN_SENTENCES) * n / len(SENTENCES))
+    return select_sentences(k, TRAIN_SENTENCES) if k >= 4 else []
 
 
 def split_sentences(sentences: Sequence[Sentence], fractions: Sequence[float] = (0.6, 0.15, 0.25),
@@ -353,12 +210,15 @@ def plan_corpus(sentences: Sequence[Sentence], voices_per_sentence: int = 3, fps
                 train_voices: Sequence[Voice] = TRAIN_VOICES,
                 test_voices: Sequence[Voice] = TEST_VOICES,
                 train_identities: Sequence[str] = TRAIN_IDENTITIES,
-                test_identities: Sequence[str] = TEST_IDENTITIES) -> list[ClipSpec]:
+                test_identities: Sequence[str] = TEST_IDENTITIES,
+                extra: Sequence[Sentence] = ()) -> list[ClipSpec]:
     """The clips of the corpus: which sentence, split, voice, face, rate, pitch, expression and look.
 
     Train and valid sentences are each spoken in ``voices_per_sentence`` training voices (valid in at
     most 2) over a random training identity; their face and prosody conditions are drawn with the
-    shares of :data:`FACE_CONDITIONS`.  Test sentences are spoken in every held-out voice over a
+    shares of :data:`FACE_CONDITIONS`.  ``extra`` sentences (:func:`training_sentences`) all go to
+    the training split, one training voice each, drawn in the same way after the others (so adding
+    them changes no other clip).  Test sentences are spoken in every held-out voice over a
     held-out identity, the face conditions dealt out in turn (a third each, :data:`TEST_CONDITIONS`)
     and the prosody drawn like training's.  Every clip gets its own random :class:`Look`.
     """
@@ -366,32 +226,36 @@ def plan_corpus(sentences: Sequence[Sentence], voices_per_sentence: int = 3, fps
     rng = np.random.default_rng(seed + 1)
     specs: list[ClipSpec] = []
     n_test = 0
-    for split in SPLITS:
-        for sent in sorted(splits[split], key=sentence_id):
+    plan = [(split, sent) for split in SPLITS for sent in sorted(splits[split], key=sentence_id)]
+    plan += [("train-only", sent) for sent in extra]
+    for split, sent in plan:
+        if split == "train-only":
+            split = "train"
+            voices = [train_voices[int(rng.integers(len(train_voices)))]]
+        elif split == "test":
+            voices = list(test_voices)
+        else:
+            k = min(len(train_voices), voices_per_sentence if split == "train" else min(2, voices_per_sentence))
+            voices = [train_voices[i] for i in sorted(rng.choice(len(train_voices), size=k, replace=False))]
+        for v in voices:
             if split == "test":
-                voices = list(test_voices)
+                identity = test_identities[n_test % len(test_identities)]
+                condition = ("unscored" if sign(sent.score) == 0
+                             else TEST_CONDITIONS[n_test % len(TEST_CONDITIONS)])
+                n_test += 1
             else:
-                k = min(len(train_voices), voices_per_sentence if split == "train" else min(2, voices_per_sentence))
-                voices = [train_voices[i] for i in sorted(rng.choice(len(train_voices), size=k, replace=False))]
-            for v in voices:
-                if split == "test":
-                    identity = test_identities[n_test % len(test_identities)]
-                    condition = ("unscored" if sign(sent.score) == 0
-                                 else TEST_CONDITIONS[n_test % len(TEST_CONDITIONS)])
-                    n_test += 1
-                else:
-                    identity = train_identities[int(rng.integers(len(train_identities)))]
-                    condition = _condition(sent.score, rng)
-                expression = 0.0 if (split == "test" and condition == "unscored") else _lean(sent.score, condition, rng)
-                prosody = _lean(sent.score, _condition(sent.score, rng), rng)
-                rate = int(round(v.rate + 14 * prosody + rng.uniform(-6, 6)))
-                pitch = int(np.clip(round(v.pitch + 8 * prosody + rng.uniform(-4, 4)), 0, 99))
-                sid = sentence_id(sent)
-                specs.append(ClipSpec(clip_id=f"{sid}-{v.tag}", video_id=sid, text=sent.text, score=sent.score,
-                                      split=split, voice=v.name, rate=rate, pitch=pitch,
-                                      expression=round(expression, 3), seed=int(rng.integers(0, 2**31 - 1)),
-                                      fps=float(fps), identity=identity, condition=condition,
-                                      prosody=round(prosody, 3), look=random_look(rng)))
+                identity = train_identities[int(rng.integers(len(train_identities)))]
+                condition = _condition(sent.score, rng)
+            expression = 0.0 if (split == "test" and condition == "unscored") else _lean(sent.score, condition, rng)
+            prosody = _lean(sent.score, _condition(sent.score, rng), rng)
+            rate = int(round(v.rate + 14 * prosody + rng.uniform(-6, 6)))
+            pitch = int(np.clip(round(v.pitch + 8 * prosody + rng.uniform(-4, 4)), 0, 99))
+            sid = sentence_id(sent)
+            specs.append(ClipSpec(clip_id=f"{sid}-{v.tag}", video_id=sid, text=sent.text, score=sent.score,
+                                  split=split, voice=v.name, rate=rate, pitch=pitch,
+                                  expression=round(expression, 3), seed=int(rng.integers(0, 2**31 - 1)),
+                                  fps=float(fps), identity=identity, condition=condition,
+                                  prosody=round(prosody, 3), look=random_look(rng)))
     return specs
 
 

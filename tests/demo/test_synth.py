@@ -126,10 +126,53 @@ def test_sentences_are_many_distinct_graded_and_varied():
     assert openings.most_common(1)[0][1] <= 3
 
 
+def test_training_only_sentences_are_new_situations_not_rewordings():
+    """TRAIN_SENTENCES are graded, balanced and varied like the corpus, and none of them rewords a corpus
+    sentence (else a test sentence could leak into training): no pair shares most of its content words."""
+    texts = [s.text for s in dc.TRAIN_SENTENCES]
+    assert len(set(texts)) == len(texts) >= 100
+    assert not set(texts) & {s.text for s in dc.SENTENCES}
+    scores = np.array([s.score for s in dc.TRAIN_SENTENCES])
+    signs = Counter(np.sign(scores).astype(int))
+    assert signs[0] >= 10 and abs(signs[1] - signs[-1]) <= 0.1 * len(scores)
+    assert set(Counter(int(round(x)) for x in scores)) == set(range(-3, 4))
+    assert all(5 <= len(t.split()) <= 20 for t in texts)
+    openings = Counter(" ".join(t.lower().split()[:3]) for t in texts + [s.text for s in dc.SENTENCES])
+    assert openings.most_common(1)[0][1] <= 3
+    stop = {"the", "a", "an", "and", "i", "was", "is", "it", "of", "to", "my", "in", "we", "for", "at", "on",
+            "me", "so", "but", "with", "our", "this", "that", "all", "be", "are", "have", "has", "been"}
+
+    def words(t: str) -> set[str]:
+        return {w.strip(".,!?;'").lower() for w in t.split()} - stop - {""}
+
+    for t in texts:
+        for c in dc.SENTENCES:
+            a, b = words(t), words(c.text)
+            assert len(a & b) / len(a | b) < 0.35, (t, c.text)
+
+
+def test_training_only_sentences_train_and_change_no_other_clip():
+    main = dc.plan_corpus(dc.select_sentences(None), voices_per_sentence=1)
+    extra = dc.training_sentences(None)
+    both = dc.plan_corpus(dc.select_sentences(None), voices_per_sentence=1, extra=extra)
+    assert both[:len(main)] == main
+    added = both[len(main):]
+    assert len(added) == len(extra) == len(dc.TRAIN_SENTENCES)
+    assert all(s.split == "train" and s.video_id.startswith("x") for s in added)
+    assert {s.voice for s in added} <= {v.name for v in dc.TRAIN_VOICES}
+    assert {s.identity for s in added} <= set(dc.TRAIN_IDENTITIES)
+    assert len({s.clip_id for s in both}) == len(both)
+    # a shrunk demo takes the same share of them, balanced by sign
+    few = dc.training_sentences(30)
+    assert len(few) == round(len(dc.TRAIN_SENTENCES) * 30 / len(dc.SENTENCES))
+    assert {int(np.sign(s.score)) for s in few} == {-1, 0, 1}
+    assert dc.training_sentences(4) == []
+
+
 @pytest.mark.parametrize("n", [None, 12, 30])
 def test_corpus_plan_keeps_sentences_and_test_voices_apart(n):
     sentences = dc.select_sentences(n)
-    specs = dc.plan_corpus(sentences, voices_per_sentence=3)
+    specs = dc.plan_corpus(sentences, voices_per_sentence=3, extra=dc.training_sentences(n))
     split_of: dict[str, set[str]] = {}
     for s in specs:
         split_of.setdefault(s.text, set()).add(s.split)
@@ -169,7 +212,12 @@ def test_corpus_statistics_are_those_the_readme_states():
     import re
 
     readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8").split())
-    stats = dc.corpus_statistics(dc.plan_corpus(dc.select_sentences(None), voices_per_sentence=2))
+    from pipeline.config import DemoConfig
+
+    demo = DemoConfig()              # the full demo as make demo runs it
+    extra = dc.training_sentences(None) if demo.train_sentences else []
+    stats = dc.corpus_statistics(dc.plan_corpus(dc.select_sentences(None), demo.voices_per_sentence,
+                                                fps=demo.fps, extra=extra))
     m = re.search(r"expression-score correlation ([\d.]+), prosody-score correlation ([\d.]+)", readme)
     assert m, "README.md states no corpus correlations"
     assert (float(m[1]), float(m[2])) == (round(stats["expression_score_corr"], 2),
