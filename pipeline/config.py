@@ -230,7 +230,9 @@ class DemoConfig(_Section):
     sentences: int = Field(0, ge=0)
     epochs: int = Field(12, ge=1, le=1000)
     runs_dir: str = "data/runs/demo"
-    voices_per_sentence: int = Field(2, ge=1, le=6)
+    voices_per_sentence: int = Field(1, ge=1, le=6)
+    train_sentences: bool = True
+    text_layer: int = Field(-4, ge=-64, le=64)
     fps: float = Field(15.0, gt=0.0, le=60.0)
     workers: int = Field(2, ge=1, le=64)
     hidden_dim: int = Field(32, ge=4, le=4096)

@@ -52,13 +52,14 @@ def demo_overrides(cfg: "PipelineConfig", epochs: int) -> dict[str, Any]:
     """The settings the demo trains and extracts with, as dotted ``with_overrides`` keys.
 
     A small DHMD (``demo.hidden_dim``, ``demo.num_layers``...) so that the demo trains on two CPU cores
-    in a few minutes, always a regression on the corpus' -3..3 scores (whatever ``model.task`` says);
-    everything else is the user's configuration.
+    in a few minutes, always a regression on the corpus' -3..3 scores (whatever ``model.task`` says),
+    text features from ``demo.text_layer``; everything else is the user's configuration.
     """
     d = cfg.demo
     return {
         "model.task": "regression",
         "extract.workers": d.workers,
+        "extract.text.layer": d.text_layer,
         "model.hidden_dim": d.hidden_dim,
         "model.num_heads": d.num_heads,
         "model.num_layers": d.num_layers,
@@ -232,7 +233,8 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
     """The ``demo`` command (see the module docstring); returns the exit status."""
     from pipeline.files import atomic_write_text
     from pipeline.config import with_overrides
-    from pipeline.demo.corpus import SENTENCES, build_corpus, corpus_statistics, plan_corpus, select_sentences
+    from pipeline.demo.corpus import (SENTENCES, build_corpus, corpus_statistics, plan_corpus, select_sentences,
+                                      training_sentences)
 
     t_start = time.perf_counter()
     workdir = Path(workdir) if workdir is not None else Path(cfg.demo.workdir)
@@ -252,10 +254,12 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
     except ValueError as e:
         given = f"--sentences {n_sentences}" if sentences is not None else f"demo.sentences = {n_sentences}"
         raise UserError(f"{given}: {e}", exit_code=2) from None
-    specs = plan_corpus(chosen, voices_per_sentence=cfg.demo.voices_per_sentence, fps=cfg.demo.fps)
+    extra = training_sentences(n_sentences) if cfg.demo.train_sentences else []
+    specs = plan_corpus(chosen, voices_per_sentence=cfg.demo.voices_per_sentence, fps=cfg.demo.fps, extra=extra)
     summary_corpus = corpus_summary(specs)
     corpus_stats = corpus_statistics(specs)
-    _echo(f"dhmd-pipeline demo: {len(chosen)} of {len(SENTENCES)} sentences, {len(specs)} clips in {workdir}")
+    _echo(f"dhmd-pipeline demo: {len(chosen)} of {len(SENTENCES)} sentences"
+          f"{f' and {len(extra)} training-only ones' if extra else ''}, {len(specs)} clips in {workdir}")
     for split, c in summary_corpus.items():
         _echo(f"  {split:5s}: {c['sentences']:3d} sentences, {c['clips']:3d} clips "
               f"(+{c['positive']} / -{c['negative']} / 0 {c['neutral']}), voices {', '.join(c['voices'])}")
@@ -334,7 +338,7 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
     _echo("Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     _echo(f"Model: {best}")
 
-    summary = {"sentences": len(chosen), "clips": len(specs), "corpus": summary_corpus, "epochs": epochs,
+    summary = {"sentences": len(chosen), "training_only_sentences": len(extra), "clips": len(specs), "corpus": summary_corpus, "epochs": epochs,
                "settings": overrides, "held_out_sign_accuracy": acc, "per_voice": per_voice,
                "per_modality_head": per_modality, "by_face_condition": by_condition,
                "corpus_statistics": corpus_stats,

@@ -152,6 +152,9 @@ def test_shrunk_demo_end_to_end(tmp_path):
     # the evaluate metrics and the prediction table of the held-out clip are printed
     assert "Test metrics" in out and "MAE" in out and "Non0_acc_2" in out
     summary = json.loads((runs / "demo_summary.json").read_text())
+    # the training-only sentences came along, in the training split only, in their share
+    assert summary["training_only_sentences"] == round(len(dc.TRAIN_SENTENCES) * 12 / len(dc.SENTENCES)) > 0
+    assert summary["corpus"]["train"]["sentences"] == summary["corpus"]["train"]["clips"]
     example = summary["example_clip"]
     assert example in out and "label_7" in out
     assert "Held-out sign accuracy" in out
