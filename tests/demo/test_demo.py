@@ -188,7 +188,8 @@ def test_shrunk_demo_end_to_end(tmp_path):
     train_texts = {r["text"] for r in rows if r["split"] in ("train", "valid")}
     test_texts = {r["text"] for r in test_clips}
     assert len(test_texts) == len(test_ids) and not test_texts & train_texts
-    by_id = {s.clip_id: s for s in dc.plan_corpus(dc.select_sentences(12), voices_per_sentence=1, fps=10.0)}
+    by_id = {s.clip_id: s for s in dc.plan_corpus(dc.select_sentences(12), voices_per_sentence=1, fps=10.0,
+                                                    extra=dc.training_sentences(12))}
     assert {by_id[r["clip_id"]].text for r in rows if r["split"] in ("train", "valid")} == train_texts
     cached = _rows(tmp_path / "work" / "cache-12" / "labels.csv")
     assert {r["clip_id"] for r in cached if r["split"] in ("train", "valid")}.isdisjoint(
