@@ -2,7 +2,10 @@
 
 Prints a Markdown table of one training step (forward, every loss, backward, clipping, Adam) at CMU-MOSI
 unaligned shapes with the paper's defaults, for:
-    paper (dropout_attention)   the current CPU path (dhmd/dropout_attention.py)
+    paper (dropout_attention)   the current CPU path (dhmd/dropout_attention.py: in float32 the fused C
+                                kernel of dhmd/fused_attention.py when it could be built)
+    paper (chunked)             the same function with the fused kernel off: its chunked torch / numba
+                                path (the fallback without a C compiler, and the path before the kernel)
     paper (checkpointed SDPA)   the path before issue 15: SDPA's math path with dropout under activation
                                 checkpointing (bernoulli_ masks, drawn again in the recomputation)
     attn_dropout=0              SDPA's fused flash kernel, no attention dropout (a lower bound)
@@ -26,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dhmd.crossmodal as crossmodal  # noqa: E402
+from dhmd import fused_attention  # noqa: E402
 from model_step import dhmd_step, make_batch  # noqa: E402
 from rounds import fastest_median_table, interleaved  # noqa: E402
 
@@ -39,6 +43,16 @@ def checkpointed_sdpa(q, k, v, key_mask, dropout_p, scale):
                       use_reentrant=False)
 
 
+def chunked(q, k, v, key_mask, dropout_p, scale):
+    """dhmd.dropout_attention with the fused C kernel switched off (its chunked path)."""
+    usable = fused_attention.usable
+    fused_attention.usable = lambda t: False
+    try:
+        return CURRENT(q, k, v, key_mask, dropout_p, scale)
+    finally:
+        fused_attention.usable = usable
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -47,6 +61,7 @@ def main() -> int:
     device = torch.device("cpu")
     inputs = make_batch(args.batch, device, "none")
     variants = {"paper (dropout_attention)": (CURRENT, None),
+                "paper (chunked)": (chunked, None),
                 "paper (checkpointed SDPA, before)": (checkpointed_sdpa, None),
                 "attn_dropout=0 (flash SDPA)": (CURRENT, {"attn_dropout": 0.0})}
     steps = {name: (path, dhmd_step(device, inputs, False, over)[0]) for name, (path, over) in variants.items()}
