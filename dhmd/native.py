@@ -6,7 +6,8 @@ headers), so they build in half a second with any C compiler and need neither ni
 torch-version-matched build; ctypes releases the GIL during a call, so Python threads run them on
 every core.
 
-Where: ``$DHMD_KERNEL_DIR``, else ``$XDG_CACHE_HOME/dhmd-pipeline/kernels`` (``~/.cache/...``).  A
+Where: ``$DHMD_KERNEL_DIR``, else ``$XDG_CACHE_HOME/dhmd-pipeline/kernels`` (``~/.cache/...``), or
+``<temp folder>/dhmd-kernels-<user>`` when that cannot be written (a read-only home).  A
 build's file name is a hash of the source, the compiler's version, the flags and this CPU's model and
 instruction-set flags (``-march=native``), so a home directory shared by different machines keeps one
 build per kind of CPU, and an edited source is built again.  A build is written to a temporary file
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import getpass
 import hashlib
 import logging
 import os
@@ -77,13 +79,48 @@ def _build(name: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     digest = hashlib.sha256("\0".join([source.read_text(), cc, version, " ".join(flags()), platform.machine(),
                                        _cpu()]).encode()).hexdigest()[:16]
-    folder = kernel_dir()
-    target = folder / f"{name}-{digest}.so"
-    if target.exists():
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=folder)
-    os.close(fd)
+    folders = [kernel_dir()]
+    if not os.environ.get("DHMD_KERNEL_DIR"):      # a read-only home: the temp folder, one per user
+        folders.append(_private_temp_dir())
+    for folder in folders:
+        target = folder / f"{name}-{digest}.so"
+        if target.exists() and _trusted(folder, folders[0]):
+            return target
+    error: OSError = OSError(f"no writable folder for the kernel among {', '.join(map(str, folders))}")
+    for folder in folders:
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not _trusted(folder, folders[0]):
+                continue
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=folder)
+        except OSError as exc:
+            error = exc
+            continue
+        os.close(fd)
+        return _compile(cc, source, tmp, folder / f"{name}-{digest}.so")
+    raise error
+
+
+def _private_temp_dir() -> Path:
+    """``<temp folder>/dhmd-kernels-<uid>``: the fallback for an unwritable cache folder."""
+    who = os.getuid() if hasattr(os, "getuid") else getpass.getuser()
+    return Path(tempfile.gettempdir()) / f"dhmd-kernels-{who}"
+
+
+def _trusted(folder: Path, chosen: Path) -> bool:
+    """The cache folder the user chose is trusted; the shared temp folder only when this user owns the
+    folder and nobody else may write to it (else another user could plant a library to be loaded)."""
+    if folder == chosen or not hasattr(os, "getuid"):
+        return True
+    try:
+        st = folder.stat()
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _compile(cc: str, source: Path, tmp: str, target: Path) -> Path:
+    """Compile ``source`` into ``tmp``, then rename it to ``target`` (never a half-written library)."""
     try:
         done = subprocess.run([cc, *flags(), "-o", tmp, str(source), "-lm"], capture_output=True, text=True,
                               timeout=300)

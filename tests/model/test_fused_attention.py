@@ -157,3 +157,22 @@ def test_disabled_by_environment(fresh_build, monkeypatch):
     monkeypatch.setenv("DHMD_NATIVE", "0")
     assert native.library("dropout_attention") is None
     assert not fused_attention.usable(torch.zeros(1, 1, 1))
+
+
+def test_an_unwritable_cache_falls_back_to_a_private_temp_folder(fresh_build, monkeypatch):
+    blocker = fresh_build / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.delenv("DHMD_KERNEL_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))          # ~/.cache cannot be made: a file is there
+    private = fresh_build / "tmp" / "dhmd-kernels-me"
+    monkeypatch.setattr(native, "_private_temp_dir", lambda: private)
+    assert native.library("dropout_attention") is not None
+    assert [p.name.startswith("dropout_attention-") for p in private.iterdir()] == [True]
+    assert private.stat().st_mode & 0o077 == 0                  # made private
+    # a temp folder others may write to is never trusted: no library is loaded from it or built in it
+    native.library.cache_clear()
+    for p in private.iterdir():
+        p.unlink()
+    private.chmod(0o777)
+    assert native.library("dropout_attention") is None
+    assert not list(private.iterdir())
