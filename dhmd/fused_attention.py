@@ -8,7 +8,7 @@ be built (dhmd/native.py) and keeps its chunked torch / numba path otherwise.  F
 k, v (scaled), the output and one log-sum-exp per query; backward scores each row again.
 
 The (batch x heads) rows are split over the threads of dhmd/keep_apply.py's pool
-(torch.get_num_threads()); ctypes releases the GIL for each block.
+(``in_row_blocks``, torch.get_num_threads() threads); ctypes releases the GIL for each block.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from . import keep_hash, native
-from .keep_apply import workers
+from .keep_apply import in_row_blocks
 
 _i64, _u64, _u32, _f32, _ptr = ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p
 
@@ -52,15 +52,7 @@ def _ptr_of(t: Tensor | None) -> int | None:
 
 def _run(fn, rows: int, *args) -> None:
     """fn(r0, r1, *args) over blocks of rows, one block a thread; raises if a block failed."""
-    threads, pool = workers()
-    parts = min(threads, rows) if pool is not None else 1
-    bounds = [rows * i // parts for i in range(parts + 1)]
-    if parts == 1:
-        codes = [fn(0, rows, *args)]
-    else:
-        futures = [pool.submit(fn, r0, r1, *args) for r0, r1 in zip(bounds, bounds[1:])]
-        codes = [f.result() for f in futures]
-    if any(codes):
+    if any(in_row_blocks(rows, lambda r0, r1: fn(r0, r1, *args))):
         raise MemoryError("dhmd fused attention: no memory for a row's scratch buffers")
 
 
@@ -74,8 +66,8 @@ class FusedDropoutAttention(torch.autograd.Function):
         rows, tq, d = q.shape
         tk = k.shape[1]
         threshold = keep_hash.threshold(p)
-        key = keep_hash.key(seed) & ((1 << 64) - 1)
-        q_scaled = (q * scale).contiguous()
+        key = keep_hash.key(seed)
+        q_scaled = q * scale
         k_t = k.transpose(1, 2).contiguous()
         v_t = (v * (1.0 / keep_hash.keep_probability(p))).transpose(1, 2).contiguous()
         out = torch.empty_like(q_scaled)
@@ -103,8 +95,8 @@ class FusedDropoutAttention(torch.autograd.Function):
 def fused_dropout_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, p: float, scale: float,
                             seed: int) -> Tensor:
     """softmax(q k^T * scale + bias) * keep / keep_prob @ v with the keep mask of ``seed`` (as
-    dhmd/dropout_attention.py): q (R, Tq, d), k/v (R, Tk, d) float32, bias (R, 1, Tk) or None."""
+    dhmd/dropout_attention.py): q (R, Tq, d), k/v (R, Tk, d) float32 contiguous, bias (R, 1, Tk) or
+    None."""
     if bias is not None:
         bias = bias.reshape(bias.shape[0], bias.shape[-1]).contiguous()
-    return FusedDropoutAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), bias, float(p),
-                                       float(scale), int(seed))
+    return FusedDropoutAttention.apply(q, k, v, bias, float(p), float(scale), int(seed))

@@ -65,20 +65,25 @@ def shutdown() -> None:
         pool[2].shutdown(wait=True)
 
 
+def in_row_blocks(rows: int, block, threaded: bool = True) -> list:
+    """``block(r0, r1)`` over [0, rows) cut into one block of rows a thread (torch.get_num_threads()
+    threads of :func:`workers`; one block, in this thread, when ``threaded`` is False or there is one
+    thread); returns the blocks' results in order."""
+    parts, pool = workers() if threaded and rows > 1 else (1, None)
+    if pool is None:
+        return [block(0, rows)]
+    parts = min(parts, rows)
+    bounds = [rows * i // parts for i in range(parts + 1)]
+    futures = [pool.submit(block, r0, r1) for r0, r1 in zip(bounds, bounds[1:])]
+    return [f.result() for f in futures]
+
+
 def _run_split(fn, arrays: list, start: int, *rest) -> None:
     """``fn(*[a[r0:r1] for a in arrays], start + r0 * cols, *rest)`` over blocks of rows, a thread a
     block; arrays[0] is (rows, cols)."""
     rows, cols = arrays[0].shape
-    parts, pool = workers() if rows > 1 and rows * cols >= _MIN_THREADED else (1, None)
-    if pool is None:
-        fn(*arrays, start, *rest)
-        return
-    parts = min(parts, rows)
-    bounds = [rows * i // parts for i in range(parts + 1)]
-    futures = [pool.submit(fn, *[a[r0:r1] for a in arrays], start + r0 * cols, *rest)
-               for r0, r1 in zip(bounds, bounds[1:])]
-    for f in futures:
-        f.result()
+    in_row_blocks(rows, lambda r0, r1: fn(*[a[r0:r1] for a in arrays], start + r0 * cols, *rest),
+                  threaded=rows * cols >= _MIN_THREADED)
 
 
 def _rows(t: Tensor):
