@@ -28,8 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a checkout as well
 
 from pipeline.config import load_config, with_overrides  # noqa: E402
-from pipeline.demo import corpus as dc  # noqa: E402
-from pipeline.demo.run import accuracy_by_condition, demo_overrides, held_out_predictions, sign_accuracy  # noqa: E402
+from pipeline.demo.run import (accuracy_by_condition, demo_overrides, held_out_predictions,  # noqa: E402
+                               plan_demo_corpus, sign_accuracy)
 
 
 def one_seed(cache: Path, out: Path, seed: int, overrides: list[str]) -> dict:
@@ -41,9 +41,7 @@ def one_seed(cache: Path, out: Path, seed: int, overrides: list[str]) -> dict:
     dcfg = with_overrides(cfg, {**demo_overrides(cfg, cfg.demo.epochs), "train.seed": seed})
     if run_train(dcfg, data=cache, out=out, preset=None, resume=None, seeds=None) != 0:
         raise SystemExit(f"training seed {seed} on {cache} failed")
-    extra = dc.training_sentences(None) if dcfg.demo.train_sentences else []
-    specs = dc.plan_corpus(dc.select_sentences(None), dcfg.demo.voices_per_sentence, fps=dcfg.demo.fps,
-                           extra=extra)
+    _, _, specs = plan_demo_corpus(dcfg.demo)
     predictor = Predictor(out / "best.pt", device="cpu")
     rows = held_out_predictions(predictor, cache, specs)
     labels = np.array([r["label"] for r in rows])

@@ -35,7 +35,7 @@ import numpy as np
 from pipeline.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.config import PipelineConfig
+    from pipeline.config import DemoConfig, PipelineConfig
     from pipeline.demo.corpus import ClipSpec
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,17 @@ def demo_overrides(cfg: "PipelineConfig", epochs: int) -> dict[str, Any]:
         "train.val_metric": d.val_metric,
         "train.modality_dropout": d.modality_dropout,
     }
+
+
+def plan_demo_corpus(demo: "DemoConfig", n_sentences: int | None = None) -> tuple[list, list, list]:
+    """(corpus sentences, training-only sentences, clip specs) of a demo of ``n_sentences`` corpus
+    sentences (None: all) with the ``[demo]`` settings; ValueError when n is too small."""
+    from pipeline.demo.corpus import plan_corpus, select_sentences, training_sentences
+
+    chosen = select_sentences(n_sentences)
+    extra = training_sentences(n_sentences) if demo.train_sentences else []
+    specs = plan_corpus(chosen, voices_per_sentence=demo.voices_per_sentence, fps=demo.fps, extra=extra)
+    return chosen, extra, specs
 
 
 @contextmanager
@@ -233,8 +244,7 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
     """The ``demo`` command (see the module docstring); returns the exit status."""
     from pipeline.files import atomic_write_text
     from pipeline.config import with_overrides
-    from pipeline.demo.corpus import (SENTENCES, build_corpus, corpus_statistics, plan_corpus, select_sentences,
-                                      training_sentences)
+    from pipeline.demo.corpus import SENTENCES, build_corpus, corpus_statistics
 
     t_start = time.perf_counter()
     workdir = Path(workdir) if workdir is not None else Path(cfg.demo.workdir)
@@ -250,12 +260,10 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
 
     check_run_dir(runs_dir)   # before any work: a folder that is not the demo's is refused untouched
     try:
-        chosen = select_sentences(n_sentences)
+        chosen, extra, specs = plan_demo_corpus(cfg.demo, n_sentences)
     except ValueError as e:
         given = f"--sentences {n_sentences}" if sentences is not None else f"demo.sentences = {n_sentences}"
         raise UserError(f"{given}: {e}", exit_code=2) from None
-    extra = training_sentences(n_sentences) if cfg.demo.train_sentences else []
-    specs = plan_corpus(chosen, voices_per_sentence=cfg.demo.voices_per_sentence, fps=cfg.demo.fps, extra=extra)
     summary_corpus = corpus_summary(specs)
     corpus_stats = corpus_statistics(specs)
     _echo(f"dhmd-pipeline demo: {len(chosen)} of {len(SENTENCES)} sentences"
@@ -338,8 +346,8 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
     _echo("Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     _echo(f"Model: {best}")
 
-    summary = {"sentences": len(chosen), "training_only_sentences": len(extra), "clips": len(specs), "corpus": summary_corpus, "epochs": epochs,
-               "settings": overrides, "held_out_sign_accuracy": acc, "per_voice": per_voice,
+    summary = {"sentences": len(chosen), "training_only_sentences": len(extra), "clips": len(specs),
+               "corpus": summary_corpus, "epochs": epochs, "settings": overrides, "held_out_sign_accuracy": acc, "per_voice": per_voice,
                "per_modality_head": per_modality, "by_face_condition": by_condition,
                "corpus_statistics": corpus_stats,
                "example_clip": example.clip_id, "timings_s": timings, "checkpoint": str(best),

@@ -213,11 +213,9 @@ def test_corpus_statistics_are_those_the_readme_states():
 
     readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8").split())
     from pipeline.config import DemoConfig
+    from pipeline.demo.run import plan_demo_corpus
 
-    demo = DemoConfig()              # the full demo as make demo runs it
-    extra = dc.training_sentences(None) if demo.train_sentences else []
-    stats = dc.corpus_statistics(dc.plan_corpus(dc.select_sentences(None), demo.voices_per_sentence,
-                                                fps=demo.fps, extra=extra))
+    stats = dc.corpus_statistics(plan_demo_corpus(DemoConfig())[2])     # the full demo as make demo runs it
     m = re.search(r"expression-score correlation ([\d.]+), prosody-score correlation ([\d.]+)", readme)
     assert m, "README.md states no corpus correlations"
     assert (float(m[1]), float(m[2])) == (round(stats["expression_score_corr"], 2),
