@@ -8,7 +8,8 @@ Two sets:
 * :data:`TRAIN_SENTENCES`, more sentences that only ever train (each spoken in one training voice).
   Why: the words carry the label, and how well the model reads words it has not heard grows steeply
   with the number of different training sentences (a linear probe on the text features of the demo's
-  held-out clips: 64% sign accuracy from 25 training sentences, 74% from 50, 85% from 99; 2026-12-03).
+  held-out clips: 64% sign accuracy from 25 training sentences, 74% from 50, 85% from 99; measured once
+  with a one-off script, 2026-12-03; README, "The demo").
   They are new situations, not rewordings of corpus sentences, so no test sentence leaks into training.
 """
 from __future__ import annotations
