@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from extractors.words import scoring_words, word_errors  # noqa: E402
 
 SENTENCES = [
     "this was the best dinner i have had in years",
@@ -90,19 +91,6 @@ NEGATIONS = {"not", "never", "no", "nothing", "nobody", "can't", "didn't", "don'
 SR = 16000
 
 
-def normalise(text: str) -> list[str]:
-    return re.sub(r"[^a-z' ]+", " ", text.lower().replace("\u2019", "'")).split()
-
-
-def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    d = np.arange(len(hyp) + 1)
-    for i, r in enumerate(ref, 1):
-        prev, d[0] = d.copy(), i
-        for j, h in enumerate(hyp, 1):
-            d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (r != h))
-    return int(d[-1])
-
-
 def make_set(workdir: Path) -> list[tuple[str, str, int, Path]]:
     workdir.mkdir(parents=True, exist_ok=True)
     items = []
@@ -135,7 +123,7 @@ def main() -> None:
     items = make_set(args.workdir)
     audio = [read_wav(p) for *_, p in items]
     seconds = sum(len(a) for a in audio) / SR
-    print(f"evaluation set: {len(items)} sentences, {sum(len(normalise(t)) for t, *_ in items)} words, "
+    print(f"evaluation set: {len(items)} sentences, {sum(len(scoring_words(t)) for t, *_ in items)} words, "
           f"{seconds:.0f} s of speech, {len(VOICES)} voices, rates {min(RATES)}-{max(RATES)} wpm; "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n")
     print("| model | WER | sentences exact | negation errors | RTF (audio s / s) | load s |")
@@ -151,10 +139,10 @@ def main() -> None:
         wrong = []
         for (text, voice, rate, _), a in zip(items, audio):
             t0 = time.perf_counter()
-            hyp = normalise(" ".join(w.text for w in rec.transcribe(a, SR)))
+            hyp = scoring_words(" ".join(w.text for w in rec.transcribe(a, SR)))
             spent += time.perf_counter() - t0
-            ref = normalise(text)
-            e = edit_distance(ref, hyp)
+            ref = scoring_words(text)
+            e, _ = word_errors(text, " ".join(hyp))
             errors, words, exact = errors + e, words + len(ref), exact + (e == 0)
             v = per_voice.setdefault(spec, {}).setdefault(voice, [0, 0])
             v[0], v[1] = v[0] + e, v[1] + len(ref)
@@ -164,7 +152,7 @@ def main() -> None:
             if e:
                 wrong.append(f"  {voice} {rate}: {' '.join(ref)!r} -> {' '.join(hyp)!r}")
         print(f"| {spec} | {errors / words:.3f} | {exact}/{len(items)} | {neg_err}/"
-              f"{sum(any(w in NEGATIONS for w in normalise(t)) for t, *_ in items)} | {seconds / spent:.1f} | {load:.1f} |")
+              f"{sum(any(w in NEGATIONS for w in scoring_words(t)) for t, *_ in items)} | {seconds / spent:.1f} | {load:.1f} |")
         if args.show_errors:
             print("\n".join(wrong), file=sys.stderr)
     print("\n| WER per voice | " + " | ".join(per_voice) + " |")

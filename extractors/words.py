@@ -5,6 +5,7 @@ Shared by :mod:`extractors.transcript` (sidecars, labels text, the choice of sou
 ``asr -> words``, ``transcript -> words``, ``transcript -> asr``.
 
 - :func:`clean_word` / :func:`split_words`: words as stored (surrounding punctuation stripped).
+- :func:`scoring_words`, :func:`word_errors`: words as a word error rate compares them, and the count.
 - :func:`voiced_mask`: energy-based voicing, to keep guessed times out of silence.
 - :func:`spread_over_voiced`, :func:`match_times`, :func:`fill_gaps`: word times when a transcript
   has none (spread over voiced audio, or matched to the recogniser's words).
@@ -57,6 +58,25 @@ def split_words(text: str) -> list[str]:
 def _norm(text: str) -> str:
     """Comparison key for matching: lower case, letters and digits only."""
     return _NON_ALNUM.sub("", text.lower())
+
+
+def scoring_words(text: str) -> list[str]:
+    """Words of ``text`` as a word error rate compares them: lower case, letters, digits and ' only
+    (a hyphen or other punctuation separates words)."""
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("\u2019", "'")).split()
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(substitutions + deletions + insertions, reference words) of ``hypothesis`` against
+    ``reference``, over :func:`scoring_words`; a corpus' WER is the sum of the first over the sum
+    of the second."""
+    ref, hyp = scoring_words(reference), scoring_words(hypothesis)
+    d = np.arange(len(hyp) + 1)
+    for i, r in enumerate(ref, 1):
+        prev, d[0] = d.copy(), i
+        for j, h in enumerate(hyp, 1):
+            d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (r != h))
+    return int(d[-1]), len(ref)
 
 
 # ----------------------------------------------------------------------------- voicing and spreading
