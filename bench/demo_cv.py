@@ -1,0 +1,177 @@
+"""Choose demo settings without the test split: leave-one-voice-out cross-validation on the demo's
+training and validation clips, the held-out clips heard through speech recognition.
+
+``make demo`` reports its figures on the test split; a setting chosen by those figures would be fitted
+to them.  This script gives a second, larger held-out set that the demo never reports: the training and
+validation clips (about 200, one voice a sentence) are split by voice into ``--folds`` folds (6); each fold is held
+out in turn while the demo's model trains on the rest (a tenth of the sentences validating), so a fold's
+clips are unseen sentences in a voice the model has not heard, as the test clips are; and they are
+predicted with their words as a recogniser hears them (``--asr``), not from the transcript.  The table gives sign accuracy on the non-neutral held-out clips, fused
+and per head, and the fused accuracy by face condition (agree / neutral / contradict), over all folds.
+
+    make demo                                                 # the corpus and its cache, once
+    python bench/demo_cv.py                                   # the [demo] settings
+    python bench/demo_cv.py --set model.text_dropout=0.5      # a candidate, same folds, same hearing
+
+The heard text (recognised, then encoded at ``demo.text_layer``) is made once per recogniser and kept
+in ``--work`` (default: demo.workdir/cv), so later runs only train.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a checkout as well
+
+from pipeline.config import load_config, with_overrides  # noqa: E402
+from pipeline.demo.run import (accuracy_by_condition, cached_entries, demo_overrides,  # noqa: E402
+                               held_out_predictions, plan_demo_corpus, sign_accuracy)
+
+
+def heard_entries(cache: Path, corpus: Path, specs: list, cfg, asr_model: str, out: Path) -> dict[str, Path]:
+    """clip_id -> a copy of the clip's cache entry whose words are what ``asr_model`` hears in the clip
+    (recognised, timed and encoded as extraction does for a clip without a transcript)."""
+    from tqdm import tqdm
+
+    from extractors.asr import SpeechRecognizer
+    from extractors.decode import load_audio
+    from extractors.text import TextEncoder
+    from pipeline.extract.cache import load_entry, save_entry
+
+    out.mkdir(parents=True, exist_ok=True)
+    done = {p.stem: p for p in out.glob("*.npz")}
+    todo = [(rec, path) for rec, path in cached_entries(cache, {s.clip_id for s in specs})
+            if rec["clip_id"] not in done]
+    if todo:
+        asr = SpeechRecognizer(cfg.extract.asr.model_copy(update={"model": asr_model}))
+        text = TextEncoder(cfg.extract.text)
+        for rec, path in tqdm(todo, desc=f"hearing clips ({asr_model})", unit="clip"):
+            clip = load_entry(path)
+            words = asr.transcribe(load_audio(corpus / f"{rec['clip_id']}.mp4", 16000), 16000)
+            tokens = text.encode([w.text for w in words])
+            clip = dataclasses.replace(
+                clip, transcript=" ".join(w.text for w in words), transcript_source="asr",
+                words=[w.text for w in words], word_times_source="asr",
+                word_start=np.asarray([w.start for w in words], dtype=np.float32),
+                word_end=np.asarray([w.end for w in words], dtype=np.float32),
+                text_features=tokens.features, text_ids=tokens.ids, text_mask=tokens.mask,
+                text_segment=tokens.segment, token_word_index=np.asarray(tokens.word_index, dtype=np.int32))
+            save_entry(out / f"{rec['clip_id']}.npz", clip)
+            done[rec["clip_id"]] = out / f"{rec['clip_id']}.npz"
+    return done
+
+
+def fold_cache(cache: Path, heard: dict[str, Path], specs: list, fold_dir: Path) -> None:
+    """A cache folder whose labels.csv splits ``specs`` as given and whose test clips are heard."""
+    from pipeline.demo.corpus import labels_csv
+    from pipeline.extract.cache import read_manifest, write_manifest
+
+    if fold_dir.exists():
+        shutil.rmtree(fold_dir)
+    (fold_dir / "entries").mkdir(parents=True)
+    split = {s.clip_id: s.split for s in specs}
+    records = []
+    for rec, path in cached_entries(cache, set(split)):
+        target = heard[rec["clip_id"]] if split[rec["clip_id"]] == "test" else path
+        os.symlink(Path(target).resolve(), fold_dir / rec["entry"])
+        records.append(rec)
+    assert {r["clip_id"] for r in records} <= {r["clip_id"] for r in read_manifest(cache)}
+    write_manifest(fold_dir, records)
+    (fold_dir / "labels.csv").write_text(labels_csv(specs, with_text=("train", "valid", "test")))
+
+
+def folds_of(specs: list, k: int = 6) -> list[list]:
+    """The non-test specs re-split by training voice into (at most) ``k`` folds: in fold i, the clips
+    in voices i, i + k, ... (sorted by name) are the test split (their sentences are spoken in no
+    other voice, so they are unseen sentences in unheard voices, as the test clips are), a tenth of
+    the other sentences valid, the rest train."""
+    pool = [s for s in specs if s.split != "test"]
+    voices = sorted({s.voice for s in pool})
+    out = []
+    for i in range(min(k, len(voices))):
+        held_voices = set(voices[i::k])
+        held = {s.video_id for s in pool if s.voice in held_voices}
+        if any(s.video_id in held and s.voice not in held_voices for s in pool):
+            raise SystemExit(f"sentences spoken in {sorted(held_voices)} are also spoken in other voices: "
+                             f"set demo.voices_per_sentence = 1 for this cross-validation")
+        rest = sorted({s.video_id for s in pool} - held)
+        valid = set(rest[::10])
+        out.append([dataclasses.replace(s, split="test" if s.video_id in held else
+                                        "valid" if s.video_id in valid else "train") for s in pool])
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cache", type=Path, default=None, help="demo cache (default: demo.workdir/cache)")
+    parser.add_argument("--corpus", type=Path, default=None, help="demo clips (default: demo.workdir/corpus)")
+    parser.add_argument("--work", type=Path, default=None, help="heard entries and fold folders "
+                                                                "(default: demo.workdir/cv)")
+    parser.add_argument("--asr", default=None, help="recogniser that hears the held-out clips "
+                                                    "(default: the demo's, demo.asr_model)")
+    parser.add_argument("--folds", type=int, default=6, help="folds (training voices are dealt out to them)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="training seeds per fold")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a setting (repeatable), as dhmd-pipeline --set; the [demo] settings apply")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    from pipeline.inference.predict import Predictor
+    from pipeline.training.train import run_train
+
+    cfg = load_config(None, args.overrides)
+    dcfg = with_overrides(cfg, demo_overrides(cfg, cfg.demo.epochs))
+    workdir = Path(cfg.demo.workdir)
+    cache, corpus = args.cache or workdir / "cache", args.corpus or workdir / "corpus"
+    asr_model = args.asr or dcfg.extract.asr.model
+    work = args.work or workdir / "cv"
+    _, _, specs = plan_demo_corpus(dcfg.demo)
+    pool = [s for s in specs if s.split != "test"]
+    heard = heard_entries(cache, corpus, pool, dcfg, asr_model,
+                          work / f"heard-{asr_model.replace(':', '_').replace('/', '_')}-layer{dcfg.extract.text.layer}")
+    rows = []
+    for i, fold in enumerate(folds_of(specs, args.folds)):
+        fold_cache(cache, heard, fold, work / f"fold{i}")
+        for seed in args.seeds:
+            out = work / f"fold{i}-run{seed}"
+            shutil.rmtree(out, ignore_errors=True)
+            if run_train(with_overrides(dcfg, {"train.seed": seed}), data=work / f"fold{i}", out=out,
+                         preset=None, resume=None, seeds=None) != 0:
+                raise SystemExit(f"training fold {i} seed {seed} failed")
+            got = held_out_predictions(Predictor(out / "best.pt", device="cpu"), work / f"fold{i}", fold)
+            rows.append((seed, got))
+    cols = ["fused", "text", "audio", "video", "agree", "neutral", "contradict"]
+    per_seed = {}
+    for seed in args.seeds:
+        sel = [r for s, got in rows if s == seed for r in got]
+        labels = np.array([r["label"] for r in sel])
+        row = {"fused": sign_accuracy(np.array([r["score"] for r in sel]), labels)}
+        row.update({m: sign_accuracy(np.array([r["unimodal"][m] for r in sel]), labels)
+                    for m in ("text", "audio", "video")})
+        row.update({c: v["fused"] for c, v in accuracy_by_condition(sel).items()})
+        per_seed[seed] = row
+    print(f"\nDemo settings{' with ' + ', '.join(args.overrides) if args.overrides else ''}: "
+          f"leave-one-voice-out CV on the training and validation clips (unseen sentences in an unheard "
+          f"voice), held-out clips heard by {asr_model}; sign accuracy on the non-neutral held-out clips (%, n clips)\n")
+    print("| seed | " + " | ".join(cols) + " |")
+    print("|---:|" + "---:|" * len(cols))
+    for seed, r in per_seed.items():
+        print(f"| {seed} | " + " | ".join(f"{100 * r[c]['accuracy']:.1f} ({r[c]['clips']})" for c in cols) + " |")
+    if len(per_seed) > 1:
+        print("| mean | " + " | ".join(f"{100 * statistics.mean(r[c]['accuracy'] for r in per_seed.values()):.1f}"
+                                      for c in cols) + " |")
+    (work / "last.json").write_text(json.dumps({"overrides": args.overrides, "asr": asr_model,
+                                                "per_seed": per_seed}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
