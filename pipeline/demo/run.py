@@ -53,13 +53,17 @@ def demo_overrides(cfg: "PipelineConfig", epochs: int) -> dict[str, Any]:
 
     A small DHMD (``demo.hidden_dim``, ``demo.num_layers``...) so that the demo trains on two CPU cores
     in a few minutes, always a regression on the corpus' -3..3 scores (whatever ``model.task`` says),
-    text features from ``demo.text_layer``; everything else is the user's configuration.
+    faces read at the clips' own frame rate ``demo.fps``, text features from ``demo.text_layer``, speech heard by
+    ``demo.asr_model``, and (``demo.finetune_bert``) the text model that extracted the features fine-tuned
+    inside the model at ``demo.bert_lr``; everything else is the user's configuration.
     """
     d = cfg.demo
     return {
         "model.task": "regression",
         "extract.workers": d.workers,
+        "extract.fps": d.fps,
         "extract.text.layer": d.text_layer,
+        "extract.asr.model": d.asr_model,
         "model.hidden_dim": d.hidden_dim,
         "model.num_heads": d.num_heads,
         "model.num_layers": d.num_layers,
@@ -69,6 +73,9 @@ def demo_overrides(cfg: "PipelineConfig", epochs: int) -> dict[str, Any]:
         "train.epochs": epochs,
         "train.val_metric": d.val_metric,
         "train.modality_dropout": d.modality_dropout,
+        "model.finetune_bert": d.finetune_bert,
+        "model.bert_model": cfg.extract.text.model,
+        "train.bert_lr": d.bert_lr,
     }
 
 
@@ -224,6 +231,20 @@ def held_out_predictions(predictor: Any, cache_dir: Path, specs: list["ClipSpec"
     return rows
 
 
+def held_out_word_error_rate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How well speech recognition heard the held-out clips: the word error rate of their transcripts
+    against the sentences spoken, overall and per voice (``errors`` / ``words`` summed over clips)."""
+    from extractors.words import word_errors
+
+    def rate(sel: list[dict[str, Any]]) -> dict[str, Any]:
+        counts = [word_errors(r["text"], r["transcript"] or "") for r in sel]
+        errors, words = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        return {"wer": round(errors / words, 4) if words else None, "errors": int(errors), "words": int(words)}
+
+    return {**rate(rows), "per_voice": {v: rate([r for r in rows if r["voice"] == v])
+                                        for v in sorted({r["voice"] for r in rows})}}
+
+
 def accuracy_by_condition(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Sign accuracy of the fused prediction and of each unimodal head, per face condition of the
     held-out clips (agree / neutral / contradict: the face against the words)."""
@@ -330,6 +351,7 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
         per_modality = {m: sign_accuracy(np.array([r["unimodal"][m] for r in rows]), labels_arr)
                         for m in ("text", "audio", "video")}
         by_condition = accuracy_by_condition(rows)
+        wer = held_out_word_error_rate(rows)
     timings["total"] = round(time.perf_counter() - t_start, 1)
 
     _echo(f"\nHeld-out sign accuracy (unseen sentences, voices never heard in training, transcripts "
@@ -338,6 +360,8 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
         _echo(f"  voice {v}: {_pct(a)}")
     for m, a in per_modality.items():
         _echo(f"  {m} head alone: {_pct(a)}")
+    _echo(f"Speech recognition ({dcfg.extract.asr.model}) on the held-out clips: word error rate "
+          f"{wer['wer']:.3f} ({wer['errors']} errors in {wer['words']} words)")
     _echo("By face condition (held-out face; the face agrees with the words, is the photograph as it is, "
           "or contradicts them):")
     for cond, accs in by_condition.items():
@@ -347,8 +371,9 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
     _echo(f"Model: {best}")
 
     summary = {"sentences": len(chosen), "training_only_sentences": len(extra), "clips": len(specs),
-               "corpus": summary_corpus, "epochs": epochs, "settings": overrides, "held_out_sign_accuracy": acc, "per_voice": per_voice,
-               "per_modality_head": per_modality, "by_face_condition": by_condition,
+               "corpus": summary_corpus, "epochs": epochs, "settings": overrides,
+               "held_out_sign_accuracy": acc, "per_voice": per_voice,
+               "per_modality_head": per_modality, "by_face_condition": by_condition, "held_out_asr": wer,
                "corpus_statistics": corpus_stats,
                "example_clip": example.clip_id, "timings_s": timings, "checkpoint": str(best),
                "test_predictions": rows}

@@ -72,6 +72,18 @@ def _unrelated_project(root: Path) -> Path:
     return root
 
 
+def test_held_out_word_error_rate_counts_every_word_per_voice():
+    from pipeline.demo.run import held_out_word_error_rate
+
+    rows = [{"voice": "a", "text": "The soup was warm, tasty.", "transcript": "the soap was warm tasty"},
+            {"voice": "a", "text": "I loved it", "transcript": "I loved it a lot"},
+            {"voice": "b", "text": "Not bad at all", "transcript": ""}]
+    wer = held_out_word_error_rate(rows)
+    assert wer["per_voice"]["a"] == {"wer": round(3 / 8, 4), "errors": 3, "words": 8}   # 1 sub + 2 ins
+    assert wer["per_voice"]["b"] == {"wer": 1.0, "errors": 4, "words": 4}              # all deleted
+    assert (wer["errors"], wer["words"], wer["wer"]) == (7, 12, round(7 / 12, 4))
+
+
 def test_clean_run_dir_never_deletes_what_the_demo_did_not_write(tmp_path):
     project = _unrelated_project(tmp_path / "project")
     before = _snapshot(project)
@@ -138,6 +150,8 @@ def test_demo_always_trains_a_regression():
     dcfg = with_overrides(cfg, demo_overrides(cfg, epochs=1))
     assert dcfg.model.task == "regression" and dcfg.train.val_metric == "MAE"
     assert (dcfg.model.hidden_dim, dcfg.model.num_heads) == (cfg.demo.hidden_dim, cfg.demo.num_heads)
+    # the demo's own recogniser, and faces read at the rate the clips are rendered at
+    assert dcfg.extract.asr.model == cfg.demo.asr_model and dcfg.extract.fps == cfg.demo.fps
 
 
 def test_shrunk_demo_end_to_end(tmp_path):
@@ -166,6 +180,11 @@ def test_shrunk_demo_end_to_end(tmp_path):
     train_voices = set(summary["corpus"]["train"]["voices"]) | set(summary["corpus"]["valid"]["voices"])
     assert not {r["voice"] for r in test_clips} & train_voices
     assert all(r["transcript"] for r in test_clips)
+    asr = summary["held_out_asr"]
+    from extractors.words import scoring_words
+
+    assert asr["words"] == sum(len(scoring_words(r["text"])) for r in test_clips) and 0 <= asr["wer"] < 1
+    assert summary["settings"]["extract.asr.model"] == "builtin:base"
     assert set(summary["timings_s"]) >= {"corpus", "extract", "train", "evaluate", "predict", "total"}
     # accuracy per face condition, fused and per head, over the held-out face; the disagreement field
     assert "By face condition" in out and "disagreement" in out

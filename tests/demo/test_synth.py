@@ -166,7 +166,7 @@ def test_training_only_sentences_train_and_change_no_other_clip():
     few = dc.training_sentences(30)
     assert len(few) == round(len(dc.TRAIN_SENTENCES) * 30 / len(dc.SENTENCES))
     assert {int(np.sign(s.score)) for s in few} == {-1, 0, 1}
-    assert dc.training_sentences(4) == []
+    assert dc.training_sentences(2) == []           # a share below 4 sentences: none
 
 
 @pytest.mark.parametrize("n", [None, 12, 30])
@@ -278,6 +278,13 @@ def _pcm(wav: Path) -> bytes:
 
     with wave.open(str(wav)) as w:
         return w.readframes(w.getnframes())
+
+
+def test_test_voices_share_neither_accent_nor_variant_with_training_voices():
+    train = [v.name.split("+") for v in dc.TRAIN_VOICES]
+    for accent, variant in (v.name.split("+") for v in dc.TEST_VOICES):
+        assert all(accent != a and variant != b for a, b in train), (accent, variant)
+    assert len({a for a, _ in train}) >= 6 and len(train) >= 12
 
 
 def test_every_demo_voice_sounds_different_and_its_variant_applies(tmp_path):
