@@ -3,11 +3,12 @@ training and validation clips, the held-out clips heard through speech recogniti
 
 ``make demo`` reports its figures on the test split; a setting chosen by those figures would be fitted
 to them.  This script gives a second, larger held-out set that the demo never reports: the training and
-validation clips (about 200, one voice a sentence) are split by voice into ``--folds`` folds (6); each fold is held
-out in turn while the demo's model trains on the rest (a tenth of the sentences validating), so a fold's
-clips are unseen sentences in a voice the model has not heard, as the test clips are; and they are
-predicted with their words as a recogniser hears them (``--asr``), not from the transcript.  The table gives sign accuracy on the non-neutral held-out clips, fused
-and per head, and the fused accuracy by face condition (agree / neutral / contradict), over all folds.
+validation clips (about 270, one voice a sentence) are split by voice into ``--folds`` folds (6); each
+fold is held out in turn while the demo's model trains on the rest (a tenth of the sentences
+validating), so a fold's clips are unseen sentences in voices the model has not heard, as the test
+clips are; and they are predicted with their words as a recogniser hears them (``--asr``), not from
+the transcript.  The table gives sign accuracy on the non-neutral held-out clips, fused and per head,
+and the fused accuracy by face condition (agree / neutral / contradict), over all folds.
 
     make demo                                                 # the corpus and its cache, once
     python bench/demo_cv.py                                   # the [demo] settings
@@ -48,9 +49,11 @@ def heard_entries(cache: Path, corpus: Path, specs: list, cfg, asr_model: str, o
     from pipeline.extract.cache import load_entry, save_entry
 
     out.mkdir(parents=True, exist_ok=True)
-    done = {p.stem: p for p in out.glob("*.npz")}
-    todo = [(rec, path) for rec, path in cached_entries(cache, {s.clip_id for s in specs})
-            if rec["clip_id"] not in done]
+    # a heard copy is named by its cache entry's key, so a clip rendered or extracted anew is heard anew
+    entries = cached_entries(cache, {s.clip_id for s in specs})
+    named = {rec["clip_id"]: out / f"{rec.get('key') or rec['clip_id']}.npz" for rec, _ in entries}
+    done = {clip_id: path for clip_id, path in named.items() if path.is_file()}
+    todo = [(rec, path) for rec, path in entries if rec["clip_id"] not in done]
     if todo:
         asr = SpeechRecognizer(cfg.extract.asr.model_copy(update={"model": asr_model}))
         text = TextEncoder(cfg.extract.text)
@@ -65,8 +68,8 @@ def heard_entries(cache: Path, corpus: Path, specs: list, cfg, asr_model: str, o
                 word_end=np.asarray([w.end for w in words], dtype=np.float32),
                 text_features=tokens.features, text_ids=tokens.ids, text_mask=tokens.mask,
                 text_segment=tokens.segment, token_word_index=np.asarray(tokens.word_index, dtype=np.int32))
-            save_entry(out / f"{rec['clip_id']}.npz", clip)
-            done[rec["clip_id"]] = out / f"{rec['clip_id']}.npz"
+            save_entry(named[rec["clip_id"]], clip)
+            done[rec["clip_id"]] = named[rec["clip_id"]]
     return done
 
 
@@ -135,8 +138,8 @@ def main() -> int:
     work = args.work or workdir / "cv"
     _, _, specs = plan_demo_corpus(dcfg.demo)
     pool = [s for s in specs if s.split != "test"]
-    heard = heard_entries(cache, corpus, pool, dcfg, asr_model,
-                          work / f"heard-{asr_model.replace(':', '_').replace('/', '_')}-layer{dcfg.extract.text.layer}")
+    tag = f"{asr_model.replace(':', '_').replace('/', '_')}-layer{dcfg.extract.text.layer}"
+    heard = heard_entries(cache, corpus, pool, dcfg, asr_model, work / f"heard-{tag}")
     rows = []
     for i, fold in enumerate(folds_of(specs, args.folds)):
         fold_cache(cache, heard, fold, work / f"fold{i}")
@@ -160,7 +163,8 @@ def main() -> int:
         per_seed[seed] = row
     print(f"\nDemo settings{' with ' + ', '.join(args.overrides) if args.overrides else ''}: "
           f"leave-one-voice-out CV on the training and validation clips (unseen sentences in an unheard "
-          f"voice), held-out clips heard by {asr_model}; sign accuracy on the non-neutral held-out clips (%, n clips)\n")
+          f"voice), held-out clips heard by {asr_model}; sign accuracy on the non-neutral held-out clips "
+          f"(%, n clips)\n")
     print("| seed | " + " | ".join(cols) + " |")
     print("|---:|" + "---:|" * len(cols))
     for seed, r in per_seed.items():
