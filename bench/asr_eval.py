@@ -139,10 +139,10 @@ def main() -> None:
         wrong = []
         for (text, voice, rate, _), a in zip(items, audio):
             t0 = time.perf_counter()
-            hyp = scoring_words(" ".join(w.text for w in rec.transcribe(a, SR)))
+            heard = " ".join(w.text for w in rec.transcribe(a, SR))
             spent += time.perf_counter() - t0
-            ref = scoring_words(text)
-            e, _ = word_errors(text, " ".join(hyp))
+            ref, hyp = scoring_words(text), scoring_words(heard)
+            e, _ = word_errors(text, heard)
             errors, words, exact = errors + e, words + len(ref), exact + (e == 0)
             v = per_voice.setdefault(spec, {}).setdefault(voice, [0, 0])
             v[0], v[1] = v[0] + e, v[1] + len(ref)

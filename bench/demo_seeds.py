@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a checkout as well
 
 from pipeline.config import load_config, with_overrides  # noqa: E402
-from pipeline.demo.run import (accuracy_by_condition, demo_overrides, held_out_predictions,  # noqa: E402
+from pipeline.demo.run import (demo_overrides, held_out_figures, held_out_predictions,  # noqa: E402
                                plan_demo_corpus, sign_accuracy)
 
 
@@ -43,12 +43,7 @@ def one_seed(cache: Path, out: Path, seed: int, overrides: list[str]) -> dict:
         raise SystemExit(f"training seed {seed} on {cache} failed")
     _, _, specs = plan_demo_corpus(dcfg.demo)
     predictor = Predictor(out / "best.pt", device="cpu")
-    rows = held_out_predictions(predictor, cache, specs)
-    labels = np.array([r["label"] for r in rows])
-    row = {"fused": sign_accuracy(np.array([r["score"] for r in rows]), labels)["accuracy"]}
-    row.update({m: sign_accuracy(np.array([r["unimodal"][m] for r in rows]), labels)["accuracy"]
-                for m in ("text", "audio", "video")})
-    row.update({c: v["fused"]["accuracy"] for c, v in accuracy_by_condition(rows).items()})
+    row = {k: v["accuracy"] for k, v in held_out_figures(held_out_predictions(predictor, cache, specs)).items()}
     # the training clips, predicted the same way (held_out_predictions reads the test split's specs)
     train = [dataclasses.replace(s, split="test") for s in specs if s.split == "train"]
     fit = held_out_predictions(predictor, cache, train)

@@ -231,6 +231,18 @@ def held_out_predictions(predictor: Any, cache_dir: Path, specs: list["ClipSpec"
     return rows
 
 
+def held_out_figures(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The demo's held-out figures of :func:`held_out_predictions` rows, each a :func:`sign_accuracy`:
+    ``fused`` and each head alone (``text``, ``audio``, ``video``), then the fused prediction per face
+    condition (``agree``, ``neutral``, ``contradict``)."""
+    labels = np.array([r["label"] for r in rows])
+    out = {"fused": sign_accuracy(np.array([r["score"] for r in rows]), labels)}
+    out.update({m: sign_accuracy(np.array([r["unimodal"][m] for r in rows]), labels)
+                for m in ("text", "audio", "video")})
+    out.update({c: v["fused"] for c, v in accuracy_by_condition(rows).items()})
+    return out
+
+
 def held_out_word_error_rate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """How well speech recognition heard the held-out clips: the word error rate of their transcripts
     against the sentences spoken, overall and per voice (``errors`` / ``words`` summed over clips)."""
@@ -343,13 +355,12 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
 
     with _stage(timings, "held-out accuracy"):
         rows = held_out_predictions(predictor, cache_dir, specs)
-        labels_arr = np.array([r["label"] for r in rows])
-        acc = sign_accuracy(np.array([r["score"] for r in rows]), labels_arr)
+        figures = held_out_figures(rows)
+        acc = figures["fused"]
         per_voice = {v: sign_accuracy(np.array([r["score"] for r in rows if r["voice"] == v]),
                                       np.array([r["label"] for r in rows if r["voice"] == v]))
                      for v in sorted({r["voice"] for r in rows})}
-        per_modality = {m: sign_accuracy(np.array([r["unimodal"][m] for r in rows]), labels_arr)
-                        for m in ("text", "audio", "video")}
+        per_modality = {m: figures[m] for m in ("text", "audio", "video")}
         by_condition = accuracy_by_condition(rows)
         wer = held_out_word_error_rate(rows)
     timings["total"] = round(time.perf_counter() - t_start, 1)

@@ -182,9 +182,10 @@ def test_shrunk_demo_end_to_end(tmp_path):
     assert all(r["transcript"] for r in test_clips)
     asr = summary["held_out_asr"]
     from extractors.words import scoring_words
+    from pipeline.config import PipelineConfig
 
     assert asr["words"] == sum(len(scoring_words(r["text"])) for r in test_clips) and 0 <= asr["wer"] < 1
-    assert summary["settings"]["extract.asr.model"] == "builtin:base"
+    assert summary["settings"]["extract.asr.model"] == PipelineConfig().demo.asr_model
     assert set(summary["timings_s"]) >= {"corpus", "extract", "train", "evaluate", "predict", "total"}
     # accuracy per face condition, fused and per head, over the held-out face; the disagreement field
     assert "By face condition" in out and "disagreement" in out
