@@ -59,7 +59,8 @@ def heard_entries(cache: Path, corpus: Path, specs: list, cfg, asr_model: str, o
         text = TextEncoder(cfg.extract.text)
         for rec, path in tqdm(todo, desc=f"hearing clips ({asr_model})", unit="clip"):
             clip = load_entry(path)
-            words = asr.transcribe(load_audio(corpus / f"{rec['clip_id']}.mp4", 16000), 16000)
+            rate = cfg.extract.sample_rate
+            words = asr.transcribe(load_audio(corpus / f"{rec['clip_id']}.mp4", rate), rate)
             tokens = text.encode([w.text for w in words])
             clip = dataclasses.replace(
                 clip, transcript=" ".join(w.text for w in words), transcript_source="asr",

@@ -371,8 +371,9 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
         _echo(f"  voice {v}: {_pct(a)}")
     for m, a in per_modality.items():
         _echo(f"  {m} head alone: {_pct(a)}")
-    _echo(f"Speech recognition ({dcfg.extract.asr.model}) on the held-out clips: word error rate "
-          f"{wer['wer']:.3f} ({wer['errors']} errors in {wer['words']} words)")
+    if wer["words"]:
+        _echo(f"Speech recognition ({dcfg.extract.asr.model}) on the held-out clips: word error rate "
+              f"{wer['wer']:.3f} ({wer['errors']} errors in {wer['words']} words)")
     _echo("By face condition (held-out face; the face agrees with the words, is the photograph as it is, "
           "or contradicts them):")
     for cond, accs in by_condition.items():
