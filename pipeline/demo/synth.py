@@ -218,28 +218,40 @@ def _expression_controls(expression: float, identity: str = ASTRONAUT) -> list[t
     return controls
 
 
-def expression_maps(expression: float, size: int = FACE_SIZE,
-                    identity: str = ASTRONAUT) -> tuple[np.ndarray, np.ndarray]:
-    """``cv2.remap`` maps that warp :func:`base_face` of ``identity`` to show ``expression`` in [-1, 1].
+def expression_field(expression: float, size: int = FACE_SIZE,
+                     identity: str = ASTRONAUT) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel displacement ``(dx, dy)`` that makes :func:`base_face` of ``identity`` show
+    ``expression`` in [-1, 1] (zeros for 0).
 
-    The displacement field is a normalised sum of Gaussian bumps around the control points, so it is
-    smooth and leaves the rest of the face untouched; the backward map samples each output pixel from
-    where the displaced content came from (a close inverse for displacements of a few pixels).
+    The field is a normalised sum of Gaussian bumps around the control points, so it is smooth and
+    leaves the rest of the face untouched.  For one sign of ``expression`` it is linear in its size, so
+    ``k * field(e)`` shows ``k * e`` (:func:`face_frames` scales it frame by frame).
     """
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
     dx = np.zeros((size, size), np.float32)
     dy = np.zeros((size, size), np.float32)
+    if abs(expression) <= 1e-6:
+        return dx, dy
     total = np.zeros((size, size), np.float32)
-    if abs(expression) > 1e-6:
-        for (px, py), (vx, vy), radius in _expression_controls(expression, identity):
-            w = np.exp(-((xs - px) ** 2 + (ys - py) ** 2) / (2.0 * radius ** 2)).astype(np.float32)
-            dx += w * vx
-            dy += w * vy
-            total += w
-        norm = np.maximum(total, 1.0)
-        dx /= norm
-        dy /= norm
-    return xs - dx, ys - dy
+    for (px, py), (vx, vy), radius in _expression_controls(expression, identity):
+        w = np.exp(-((xs - px) ** 2 + (ys - py) ** 2) / (2.0 * radius ** 2)).astype(np.float32)
+        dx += w * vx
+        dy += w * vy
+        total += w
+    norm = np.maximum(total, 1.0)
+    return dx / norm, dy / norm
+
+
+def expression_maps(expression: float, size: int = FACE_SIZE,
+                    identity: str = ASTRONAUT, strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``cv2.remap`` maps that warp :func:`base_face` of ``identity`` to show ``strength * expression``.
+
+    The backward map samples each output pixel from where the displaced content came from
+    (:func:`expression_field`; a close inverse for displacements of a few pixels).
+    """
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    dx, dy = expression_field(expression, size, identity)
+    return xs - strength * dx, ys - strength * dy
 
 
 def expressive_face(expression: float = 0.0, identity: str = ASTRONAUT) -> np.ndarray:
@@ -309,22 +321,69 @@ def lit_face(face: np.ndarray, look: Look, identity: str = ASTRONAUT) -> np.ndar
     return (img * 255.0 + 0.5).astype(np.uint8)
 
 
+def expression_course(n_frames: int, fps: float, rng: np.random.Generator,
+                      share: tuple[float, float] = (0.3, 0.45)) -> np.ndarray:
+    """(n_frames,) strengths in [0, 1]: an expression that comes and goes within a clip, as in speech.
+
+    The face rests, the expression rises (0.25-0.5 s, eased), holds at its apex and falls back to rest;
+    from onset to offset it lasts a ``share`` of the clip (drawn in the range) at a random moment.  So
+    more than half of a clip's frames show the resting face, which is what a per-clip median baseline
+    (``train.clip_baseline``) takes as the person's own neutral, as OpenFace's person-specific
+    normalisation does.
+    """
+    duration = n_frames / fps
+    span = float(rng.uniform(*share)) * duration
+    ramp = min(float(rng.uniform(0.25, 0.5)), span / 3)
+    onset = float(rng.uniform(0.05 * duration, max(0.05 * duration, 0.95 * duration - span)))
+    t = np.arange(n_frames) / fps - onset
+    rise = np.clip(t / ramp, 0.0, 1.0)
+    fall = np.clip((span - t) / ramp, 0.0, 1.0)
+    return (0.5 - 0.5 * np.cos(np.pi * np.minimum(rise, fall))).astype(np.float32)
+
+
+def clip_course(n_frames: int, fps: float, seed: int) -> np.ndarray:
+    """The :func:`expression_course` of the clip rendered with ``seed`` (:func:`face_frames` with
+    ``dynamic=True`` shows it, in eighths)."""
+    return expression_course(n_frames, fps, np.random.default_rng([seed, 1]))
+
+
 def face_frames(n_frames: int, fps: float, expression: float = 0.0, seed: int = 0,
-                identity: str = ASTRONAUT, look: Look | None = None) -> Iterator[np.ndarray]:
+                identity: str = ASTRONAUT, look: Look | None = None, dynamic: bool = False) -> Iterator[np.ndarray]:
     """``n_frames`` RGB frames of the face of ``identity`` with gentle motion (small sway, nod, zoom).
 
-    ``expression`` in [-1, 1] warps the face once per clip (:func:`expressive_face`) and ``look``
-    (framing, light, background; default: the photo as it is) is applied once too; each frame then
-    only gets a cheap affine transform, so rendering stays fast.
+    ``expression`` in [-1, 1] warps the face: for the whole clip (``dynamic=False``), or coming and
+    going within it (``dynamic=True``: :func:`clip_course`, its strength in eighths).  ``look``
+    (framing, light, background; default: the photo as it is) is applied to each distinct face once;
+    each frame then only gets a cheap affine transform, so rendering stays fast.
     """
     import cv2
 
     look = look or Look()
-    face = expressive_face(expression, identity)
-    if look != Look():
-        face = lit_face(face, look, identity)
     rng = np.random.default_rng(seed)
     phase = rng.uniform(0, 2 * np.pi, size=3)
+    base = base_face(identity)
+    if dynamic and abs(expression) > 1e-6:
+        levels = np.round(clip_course(n_frames, fps, seed) * 8).astype(int)
+        field = expression_field(expression, base.shape[0], identity)
+    else:
+        levels = np.full(n_frames, 8 if abs(expression) > 1e-6 else 0)
+        field = None
+    faces: dict[int, np.ndarray] = {}
+
+    def face_at(level: int) -> np.ndarray:
+        if level not in faces:
+            face = base
+            if level:
+                if field is None:
+                    face = expressive_face(expression, identity)
+                else:
+                    ys, xs = np.mgrid[0:base.shape[0], 0:base.shape[1]].astype(np.float32)
+                    k = level / 8
+                    face = cv2.remap(base, xs - k * field[0], ys - k * field[1], interpolation=cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_REFLECT)
+            faces[level] = lit_face(face, look, identity) if look != Look() else face
+        return faces[level]
+
     centre = (FACE_SIZE / 2, FACE_SIZE / 2)
     for i in range(n_frames):
         t = i / fps
@@ -333,7 +392,7 @@ def face_frames(n_frames: int, fps: float, expression: float = 0.0, seed: int = 
         m = cv2.getRotationMatrix2D(centre, angle, scale)
         m[0, 2] += look.shift[0] + 3.0 * np.sin(2 * np.pi * 0.5 * t + phase[2])
         m[1, 2] += look.shift[1] + 2.0 * np.sin(2 * np.pi * 0.7 * t + phase[0])
-        yield cv2.warpAffine(face, m, (FACE_SIZE, FACE_SIZE), borderMode=cv2.BORDER_REFLECT)
+        yield cv2.warpAffine(face_at(int(levels[i])), m, (FACE_SIZE, FACE_SIZE), borderMode=cv2.BORDER_REFLECT)
 
 
 def blank_frames(n_frames: int, seed: int = 0) -> Iterator[np.ndarray]:
@@ -375,9 +434,11 @@ def write_video(frames: Iterator[np.ndarray], fps: float, out_path: Path, wav_pa
 
 def make_clip(out_path: Path, text: str, voice: str = "en-us", rate: int = 150, pitch: int = 50,
               fps: float = 25.0, expression: float = 0.0, face: bool = True, audio: bool = True,
-              seed: int = 0, pad_s: float = 0.3, identity: str = ASTRONAUT, look: Look | None = None) -> Path:
+              seed: int = 0, pad_s: float = 0.3, identity: str = ASTRONAUT, look: Look | None = None,
+              dynamic: bool = False) -> Path:
     """Make an mp4 of ``text`` spoken by espeak-ng over the moving face of ``identity`` (filmed as
-    ``look`` says; default: the photo as it is), or a faceless video.
+    ``look`` says; default: the photo as it is), or a faceless video.  ``dynamic``: the expression
+    comes and goes within the clip (:func:`face_frames`) instead of lasting all of it.
 
     ``audio=False`` gives a video with no audio stream; the video lasts as long as the speech plus
     ``pad_s`` of silence-free margin.
@@ -386,7 +447,8 @@ def make_clip(out_path: Path, text: str, voice: str = "en-us", rate: int = 150, 
         wav = Path(tmp) / "speech.wav"
         dur = speak(text, wav, voice=voice, rate=rate, pitch=pitch) if text else 1.0
         n = max(1, int(round((dur + pad_s) * fps)))
-        frames = (face_frames(n, fps, expression=expression, seed=seed, identity=identity, look=look)
+        frames = (face_frames(n, fps, expression=expression, seed=seed, identity=identity, look=look,
+                              dynamic=dynamic)
                   if face else blank_frames(n, seed))
         if audio and text:
             padded = Path(tmp) / "padded.wav"
