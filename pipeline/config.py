@@ -209,6 +209,13 @@ class TrainConfig(_Section):
     split_seed: int = Field(0, ge=0)
     num_workers: int = Field(0, ge=0, le=64)
     modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    clip_baseline: list[Literal["audio", "video"]] = Field(default_factory=list)
+    modality_swap: float = Field(0.0, ge=0.0, le=1.0)
+
+    @field_validator("clip_baseline")
+    @classmethod
+    def _clip_baseline(cls, value: list[str]) -> list[str]:
+        return sorted(set(value), key=value.index)
 
     @field_validator("split")
     @classmethod
@@ -244,6 +251,8 @@ class DemoConfig(_Section):
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     val_metric: RegressionValMetric = "MAE"
     modality_dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    clip_baseline: list[Literal["audio", "video"]] = Field(default_factory=lambda: ["video"])
+    modality_swap: float = Field(0.0, ge=0.0, le=1.0)
     finetune_bert: bool = True
     bert_lr: float = Field(5e-5, ge=0.0, le=1.0)
 

@@ -87,6 +87,14 @@ def test_bad_choice_lists_what_is_allowed(tmp_path):
     assert "align.mode" in str(e.value) and "aligned" in str(e.value)
 
 
+def test_clip_baseline_takes_audio_and_video_only(tmp_path):
+    cfg = load_config(None, ['train.clip_baseline=["video", "video", "audio"]'])
+    assert cfg.train.clip_baseline == ["video", "audio"]
+    with pytest.raises(ConfigError) as e:
+        load_config(_toml(tmp_path, '[train]\nclip_baseline = ["text"]\n'))
+    assert "train.clip_baseline" in str(e.value) and "video" in str(e.value)
+
+
 def test_invalid_toml_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(_toml(tmp_path, "[train\n"))

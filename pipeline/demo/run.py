@@ -53,7 +53,8 @@ def demo_overrides(cfg: "PipelineConfig", epochs: int) -> dict[str, Any]:
 
     A small DHMD (``demo.hidden_dim``, ``demo.num_layers``...) so that the demo trains on two CPU cores
     in a few minutes, always a regression on the corpus' -3..3 scores (whatever ``model.task`` says),
-    faces read at the clips' own frame rate ``demo.fps``, text features from ``demo.text_layer``, speech heard by
+    faces read at the clips' own frame rate ``demo.fps`` and taken relative to each clip's median face
+    (``demo.clip_baseline``), text features from ``demo.text_layer``, speech heard by
     ``demo.asr_model``, and (``demo.finetune_bert``) the text model that extracted the features fine-tuned
     inside the model at ``demo.bert_lr``; everything else is the user's configuration.
     """
@@ -73,6 +74,8 @@ def demo_overrides(cfg: "PipelineConfig", epochs: int) -> dict[str, Any]:
         "train.epochs": epochs,
         "train.val_metric": d.val_metric,
         "train.modality_dropout": d.modality_dropout,
+        "train.clip_baseline": list(d.clip_baseline),
+        "train.modality_swap": d.modality_swap,
         "model.finetune_bert": d.finetune_bert,
         "model.bert_model": cfg.extract.text.model,
         "train.bert_lr": d.bert_lr,

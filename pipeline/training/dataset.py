@@ -197,19 +197,61 @@ def drop_modalities(batch: dict[str, Any], p: float, generator: "torch.Generator
     return drop
 
 
+def swap_modalities(batch: dict[str, Any], p: float, generator: "torch.Generator",
+                    modalities: Sequence[str] = ("audio", "video")) -> "torch.Tensor":
+    """Modality swap (``train.modality_swap``): with chance ``p`` per sample and modality in
+    ``modalities`` (audio, video; never text), give that sample the modality of another sample of the
+    batch (features, mask and ``*_valid`` together), its label unchanged; in place.  Returns the
+    (B, len(modalities)) bool tensor of what was swapped.
+
+    The model so sees faces and voices that do not go with the words it hears, as happens in real
+    recordings, and learns how far to trust them.  It fits data whose label is the words' sentiment
+    (the demo corpus); where annotators judged the face too, a swapped face is a wrong example.
+    """
+    import torch
+
+    n = len(batch["ids"])
+    swapped = torch.zeros((n, len(modalities)), dtype=torch.bool)
+    if n < 2:
+        return swapped
+    for k, name in enumerate(modalities):
+        rows = torch.rand(n, generator=generator) < p
+        # a donor for each sample: any other sample of the batch
+        donor = (torch.arange(n) + torch.randint(1, n, (n,), generator=generator)) % n
+        if not rows.any():
+            continue
+        for key in (name, f"{name}_mask", f"{name}_valid"):
+            if key in batch:
+                source = batch[key].clone()
+                batch[key][rows] = source[donor[rows]]
+        swapped[:, k] = rows
+    return swapped
+
+
 # ------------------------------------------------------------------------------------------ normaliser
 
 class Normalizer:
-    """Per-feature standardisation of audio and video with statistics of the training split.
+    """Per-feature standardisation of audio and video with statistics of the training split, after an
+    optional per-clip baseline.
 
-    ``apply`` returns a new sample: ``(x - mean) / std`` at frames that hold data, exactly 0 at the
-    others (masked frames, and in aligned samples the tokens whose ``*_valid`` is False: special tokens
-    and words without data).
+    ``clip_baseline`` names the modalities (``train.clip_baseline``) whose features are first taken
+    relative to the clip's own median over its frames that hold data: person-specific normalisation, as
+    OpenFace does for action units.  A face that rests in a smile, or a voice that is simply high, then
+    reads as that person's neutral, and what is left is how the clip departs from it.  It assumes that
+    more than half of a clip's frames show the person at rest.
+
+    ``apply`` returns a new sample: ``(x - baseline - mean) / std`` at frames that hold data, exactly 0
+    at the others (masked frames, and in aligned samples the tokens whose ``*_valid`` is False: special
+    tokens and words without data).
     """
 
-    def __init__(self, stats: dict[str, tuple[np.ndarray, np.ndarray]]):
+    def __init__(self, stats: dict[str, tuple[np.ndarray, np.ndarray]], clip_baseline: Sequence[str] = ()):
         self.stats = {k: (np.asarray(m, dtype=np.float32), np.asarray(s, dtype=np.float32))
                       for k, (m, s) in stats.items()}
+        unknown = sorted(set(clip_baseline) - set(self.stats))
+        if unknown:
+            raise ValueError(f"clip_baseline names {unknown}, but the normaliser holds only {sorted(self.stats)}")
+        self.clip_baseline = tuple(clip_baseline)
 
     @staticmethod
     def data_rows(sample: dict, name: str, length: int) -> np.ndarray:
@@ -225,9 +267,20 @@ class Normalizer:
         return rows
 
     @classmethod
+    def _data(cls, sample: dict, name: str, baseline: bool, dtype: Any = np.float64) -> tuple[np.ndarray, np.ndarray]:
+        """The features of ``name`` in ``sample`` (less the clip's median at its data rows when
+        ``baseline``) and those data rows."""
+        x = np.asarray(sample[name], dtype=dtype)
+        rows = cls.data_rows(sample, name, x.shape[0])
+        if baseline and rows.any():
+            x = x - np.median(x[rows], axis=0)
+        return x, rows
+
+    @classmethod
     def fit(cls, samples: Sequence[dict], modalities: Sequence[str] = ("audio", "video"),
-            constant_std: float = CONSTANT_STD) -> "Normalizer":
-        """Mean and std over the frames of ``samples`` that hold data (:meth:`data_rows`).
+            constant_std: float = CONSTANT_STD, clip_baseline: Sequence[str] = ()) -> "Normalizer":
+        """Mean and std over the frames of ``samples`` that hold data (:meth:`data_rows`), after the
+        per-clip baseline of the modalities in ``clip_baseline``.
 
         The std is the population one (ddof 0), computed around the mean (two passes, so a large
         offset does not eat the precision).  A feature whose std is below ``constant_std`` (constant
@@ -235,8 +288,8 @@ class Normalizer:
         up by a tiny divisor.  A modality without any data frame gets mean 0 and std 1.
         """
         def data(s: dict, name: str) -> np.ndarray:
-            x = np.asarray(s[name], dtype=np.float64)
-            return x[cls.data_rows(s, name, x.shape[0])]
+            x, rows = cls._data(s, name, name in clip_baseline)
+            return x[rows]
 
         stats = {}
         for name in modalities:
@@ -255,27 +308,38 @@ class Normalizer:
                 squares += np.square(data(s, name) - mean).sum(axis=0)
             std = np.sqrt(squares / count)
             stats[name] = (mean, np.where(std < constant_std, 1.0, std))
-        return cls(stats)
+        return cls(stats, clip_baseline=[m for m in modalities if m in clip_baseline])
 
     def apply(self, sample: dict) -> dict:
         out = dict(sample)
         for name, (mean, std) in self.stats.items():
-            x = np.asarray(sample[name], dtype=np.float32)
+            x, rows = self._data(sample, name, name in self.clip_baseline, np.float32)
             if x.shape[1] != mean.shape[0]:
                 raise ValueError(f"{name} features have {x.shape[1]} dims, the normaliser {mean.shape[0]}")
             y = (x - mean) / std
-            y[~self.data_rows(sample, name, y.shape[0])] = 0.0
+            y[~rows] = 0.0
             out[name] = y.astype(np.float32)
         return out
 
-    def state(self) -> dict[str, dict[str, list[float]]]:
-        """Plain lists (checkpoint content loadable with ``torch.load(weights_only=True)``)."""
-        return {k: {"mean": [float(v) for v in m], "std": [float(v) for v in s]}
-                for k, (m, s) in self.stats.items()}
+    def state(self) -> dict[str, dict[str, Any]]:
+        """Plain lists (checkpoint content loadable with ``torch.load(weights_only=True)``); a modality
+        with a per-clip baseline also carries ``"clip_baseline": "median"``."""
+        out: dict[str, dict[str, Any]] = {}
+        for k, (m, s) in self.stats.items():
+            out[k] = {"mean": [float(v) for v in m], "std": [float(v) for v in s]}
+            if k in self.clip_baseline:
+                out[k]["clip_baseline"] = "median"
+        return out
 
     @classmethod
     def from_state(cls, state: dict[str, dict[str, Any]]) -> "Normalizer":
-        return cls({k: (np.asarray(v["mean"]), np.asarray(v["std"])) for k, v in state.items()})
+        baseline = [k for k, v in state.items() if v.get("clip_baseline")]
+        unknown = {v["clip_baseline"] for v in state.values() if v.get("clip_baseline")} - {"median"}
+        if unknown:
+            raise ValueError(f"unknown clip baseline {sorted(unknown)} in the normaliser's state (this version "
+                             "knows 'median')")
+        return cls({k: (np.asarray(v["mean"]), np.asarray(v["std"])) for k, v in state.items()},
+                   clip_baseline=baseline)
 
 
 # ------------------------------------------------------------------------------------------ labels

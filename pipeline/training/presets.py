@@ -38,6 +38,8 @@ _PAPER: Recipe = {
     "model.dict_learn_temperature": (False, "Eq. 11"),
     "model.dict_scale_sqrt_d": (False, "Eq. 11"),
     "train.modality_dropout": (0.0, "Sec. 4 (no modality dropout)"),
+    "train.clip_baseline": ([], "Sec. 4 (features as extracted, no per-clip baseline)"),
+    "train.modality_swap": (0.0, "Sec. 4 (no modality swap)"),
 }
 
 # DMD's training recipe where the paper says nothing (mosi, mosei)

@@ -261,7 +261,7 @@ class Trainer:
             raise UserError(f"cannot load model.bert_model = {cfg.model.bert_model!r} for model.finetune_bert "
                             f"({str(e).splitlines()[0]}); point it at a local model folder", exit_code=2) from None
         self.normalizer = (Normalizer.from_state(resume["norm"]) if resume
-                           else Normalizer.fit(self.train_samples))
+                           else Normalizer.fit(self.train_samples, clip_baseline=cfg.train.clip_baseline))
         self.train_ds = SampleDataset(self.train_samples, self.normalizer)
         self.label_scheme = label_scheme(cfg.model.task, cfg.model.n_classes)
         # the fine-tuned BERT is a param group of its own (train.bert_lr; 0 = train.lr), after the rest
@@ -334,7 +334,7 @@ class Trainer:
         from torch.utils.data import DataLoader
         from tqdm import tqdm
 
-        from pipeline.training.dataset import collate, drop_modalities
+        from pipeline.training.dataset import collate, drop_modalities, swap_modalities
         from pipeline.training.evaluate import autocast, model_inputs
 
         t = self.cfg.train
@@ -352,7 +352,11 @@ class Trainer:
         # modality dropout: its own stream (one per rank), so resuming repeats it exactly
         drop_gen = torch.Generator()
         drop_gen.manual_seed(t.seed * 7_000_003 + epoch + 1_000_003 * self.dist.rank)
+        swap_gen = torch.Generator()
+        swap_gen.manual_seed(t.seed * 5_000_011 + epoch + 1_000_003 * self.dist.rank)
         for i, batch in enumerate(bar):
+            if t.modality_swap > 0:
+                swap_modalities(batch, t.modality_swap, swap_gen)
             if t.modality_dropout > 0:
                 drop_modalities(batch, t.modality_dropout, drop_gen)
             args, kwargs = model_inputs(self.model, batch, self.device)

@@ -86,6 +86,34 @@ def test_normalizer_uses_real_frames_only_and_round_trips() -> None:
         norm.apply({"audio": np.zeros((1, 3), np.float32), "video": np.zeros((1, 1), np.float32)})
 
 
+def test_clip_baseline_takes_each_clip_relative_to_its_own_median_frame() -> None:
+    """train.clip_baseline: two clips that differ only by a constant offset (one person's resting face
+    against another's) come out the same; the median is taken over the frames that hold data."""
+    moves = np.array([[0.0, 0.0], [0.0, 0.0], [2.0, -1.0], [0.0, 0.0], [0.0, 0.0]], np.float32)
+    a = {"video": moves + [5.0, 1.0], "video_mask": np.ones(5, bool), "audio": np.ones((2, 1), np.float32)}
+    b = {"video": moves + [-3.0, 4.0], "video_mask": np.ones(5, bool), "audio": np.ones((2, 1), np.float32)}
+    masked = {**b, "video": np.vstack([b["video"], [[90.0, 90.0]] * 4]).astype(np.float32),
+              "video_mask": np.r_[np.ones(5, bool), np.zeros(4, bool)]}   # faceless frames: not the median
+    norm = Normalizer.fit([a, b], clip_baseline=["video"])
+    assert norm.clip_baseline == ("video",)
+    out_a, out_b, out_m = (norm.apply(s)["video"] for s in (a, b, masked))
+    np.testing.assert_allclose(out_a, out_b, atol=1e-6)
+    np.testing.assert_allclose(out_m[:5], out_b, atol=1e-6)
+    assert (out_m[5:] == 0).all()
+    # the stats are those of the departures from the median: mean 0.4 / -0.2 over the ten frames
+    np.testing.assert_allclose(norm.stats["video"][0], [0.4, -0.2], atol=1e-6)
+    # without the baseline the offset stays (who the person is), and the state keeps the choice
+    plain = Normalizer.fit([a, b])
+    assert np.abs(plain.apply(a)["video"] - plain.apply(b)["video"]).max() > 1.0
+    assert "clip_baseline" not in plain.state()["video"]
+    again = Normalizer.from_state(norm.state())
+    assert again.clip_baseline == ("video",) and np.array_equal(again.apply(a)["video"], out_a)
+    with pytest.raises(ValueError, match="clip baseline"):
+        Normalizer.from_state({"video": {"mean": [0.0], "std": [1.0], "clip_baseline": "mean"}})
+    with pytest.raises(ValueError, match="clip_baseline"):
+        Normalizer({"audio": (np.zeros(1), np.ones(1))}, clip_baseline=["video"])
+
+
 def test_normalizer_centres_only_features_constant_in_training() -> None:
     # feature 0 is constant in training, feature 1 nearly so (std 5e-5 around a large offset),
     # feature 2 varies a little (std 2e-3): only the first two are treated as constant
@@ -361,6 +389,32 @@ def test_modality_dropout_blanks_whole_modalities_never_all_three():
     again = collate(samples)
     assert torch.equal(drop_modalities(again, 0.4, torch.Generator().manual_seed(3)), dropped)
     assert not drop_modalities(collate(samples), 0.0, gen).any()
+
+
+def test_modality_swap_gives_a_sample_another_clips_face_or_voice_never_its_words():
+    import torch
+
+    from pipeline.training.dataset import collate, swap_modalities
+
+    rng = np.random.default_rng(1)
+    samples = [{"id": str(i), "text": np.full((3, 2), i, float), "audio": np.full((4 + i % 3, 2), i, float),
+                "video": np.full((2 + i % 5, 3), i, float), "label": float(i)} for i in range(300)]
+    batch = collate(samples)
+    before = {k: batch[k].clone() for k in ("text", "audio", "video", "audio_mask", "video_mask", "labels")}
+    swapped = swap_modalities(batch, 0.3, torch.Generator().manual_seed(5))
+    assert swapped.shape == (300, 2) and 0.2 < swapped.float().mean() < 0.4
+    assert torch.equal(batch["text"], before["text"]) and torch.equal(batch["labels"], before["labels"])
+    for k, name in enumerate(("audio", "video")):
+        for i in range(300):
+            origin = int(batch[name][i][batch[f"{name}_mask"][i]][0, 0])   # whose features it now holds
+            # features and mask move together: the frames are those of the clip they came from
+            assert torch.equal(batch[f"{name}_mask"][i], before[f"{name}_mask"][origin])
+            assert (origin != i) == bool(swapped[i, k])
+    again = collate(samples)
+    assert torch.equal(swap_modalities(again, 0.3, torch.Generator().manual_seed(5)), swapped)
+    assert not swap_modalities(collate(samples), 0.0, torch.Generator()).any()
+    one = collate(samples[:1])
+    assert not swap_modalities(one, 1.0, torch.Generator()).any()       # no other clip to take from
 
 
 def test_modality_dropout_is_off_by_default_and_in_the_paper_presets():
