@@ -74,8 +74,9 @@ def heard_entries(cache: Path, corpus: Path, specs: list, cfg, asr_model: str, o
     return done
 
 
-def fold_cache(cache: Path, heard: dict[str, Path], specs: list, fold_dir: Path) -> None:
-    """A cache folder whose labels.csv splits ``specs`` as given and whose test clips are heard."""
+def fold_cache(cache: Path, heard: dict[str, Path], specs: list, fold_dir: Path, heard_training: bool = False) -> None:
+    """A cache folder whose labels.csv splits ``specs`` as given and whose test clips are heard (with
+    ``heard_training`` the training and validation clips too, instead of their given transcripts)."""
     from pipeline.demo.corpus import labels_csv
     from pipeline.extract.cache import write_manifest
 
@@ -85,7 +86,7 @@ def fold_cache(cache: Path, heard: dict[str, Path], specs: list, fold_dir: Path)
     split = {s.clip_id: s.split for s in specs}
     records = []
     for rec, path in cached_entries(cache, set(split)):
-        target = heard[rec["clip_id"]] if split[rec["clip_id"]] == "test" else path
+        target = heard[rec["clip_id"]] if heard_training or split[rec["clip_id"]] == "test" else path
         os.symlink(Path(target).resolve(), fold_dir / rec["entry"])
         records.append(rec)
     write_manifest(fold_dir, records)
@@ -123,6 +124,9 @@ def main() -> int:
                                                     "(default: the demo's, demo.asr_model)")
     parser.add_argument("--folds", type=int, default=6, help="folds (training voices are dealt out to them)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="training seeds per fold")
+    parser.add_argument("--heard-training", action="store_true",
+                        help="train on what the recogniser hears in the training clips as well, instead of "
+                             "their transcripts (both ways, the held-out clips are heard)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a setting (repeatable), as dhmd-pipeline --set; the [demo] settings apply")
     args = parser.parse_args()
@@ -142,7 +146,7 @@ def main() -> int:
     heard = heard_entries(cache, corpus, pool, dcfg, asr_model, work / f"heard-{tag}")
     rows = []
     for i, fold in enumerate(folds_of(specs, args.folds)):
-        fold_cache(cache, heard, fold, work / f"fold{i}")
+        fold_cache(cache, heard, fold, work / f"fold{i}", args.heard_training)
         for seed in args.seeds:
             out = work / f"fold{i}-run{seed}"
             shutil.rmtree(out, ignore_errors=True)
@@ -155,7 +159,8 @@ def main() -> int:
     per_seed = {}
     for seed in args.seeds:
         per_seed[seed] = held_out_figures([r for s, got in rows if s == seed for r in got])
-    print(f"\nDemo settings{' with ' + ', '.join(args.overrides) if args.overrides else ''}: "
+    print(f"\nDemo settings{' with ' + ', '.join(args.overrides) if args.overrides else ''}"
+          f"{', trained on heard transcripts' if args.heard_training else ''}: "
           f"leave-one-voice-out CV on the training and validation clips (unseen sentences in an unheard "
           f"voice), held-out clips heard by {asr_model}; sign accuracy on the non-neutral held-out clips "
           f"(%, n clips)\n")
@@ -167,6 +172,7 @@ def main() -> int:
         print("| mean | " + " | ".join(f"{100 * statistics.mean(r[c]['accuracy'] for r in per_seed.values()):.1f}"
                                       for c in cols) + " |")
     (work / "last.json").write_text(json.dumps({"overrides": args.overrides, "asr": asr_model,
+                                                "heard_training": args.heard_training,
                                                 "per_seed": per_seed}, indent=1))
     return 0
 
