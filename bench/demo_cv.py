@@ -7,12 +7,15 @@ validation clips (about 270, one voice a sentence) are split by voice into ``--f
 fold is held out in turn while the demo's model trains on the rest (a tenth of the sentences
 validating), so a fold's clips are unseen sentences in voices the model has not heard, as the test
 clips are; and they are predicted with their words as a recogniser hears them (``--asr``), not from
-the transcript.  The table gives sign accuracy on the non-neutral held-out clips, fused and per head,
+the transcript.  ``--by identity`` holds out face identities instead (the training identities dealt out
+to the folds), so a fold's clips show a face no training clip shows, as the test clips' face is.  The
+table gives sign accuracy on the non-neutral held-out clips, fused and per head,
 and the fused accuracy by face condition (agree / neutral / contradict), over all folds.
 
     make demo                                                 # the corpus and its cache, once
     python bench/demo_cv.py                                   # the [demo] settings
     python bench/demo_cv.py --set model.text_dropout=0.5      # a candidate, same folds, same hearing
+    python bench/demo_cv.py --by identity --folds 3           # unseen faces instead of unheard voices
 
 The heard text (recognised, then encoded at ``demo.text_layer``) is made once per recogniser and kept
 in ``--work`` (default: demo.workdir/cv), so later runs only train.
@@ -93,19 +96,23 @@ def fold_cache(cache: Path, heard: dict[str, Path], specs: list, fold_dir: Path,
     (fold_dir / "labels.csv").write_text(labels_csv(specs, with_text=("train", "valid", "test")))
 
 
-def folds_of(specs: list, k: int = 6) -> list[list]:
-    """The non-test specs re-split by training voice into (at most) ``k`` folds: in fold i, the clips
-    in voices i, i + k, ... (sorted by name) are the test split (their sentences are spoken in no
-    other voice, so they are unseen sentences in unheard voices, as the test clips are), a tenth of
-    the other sentences valid, the rest train."""
+def folds_of(specs: list, k: int = 6, by: str = "voice") -> list[list]:
+    """The non-test specs re-split into (at most) ``k`` folds by training voice or by face identity
+    (``by``): in fold i, the clips in voices (identities) i, i + k, ... (sorted by name) are the test
+    split, a tenth of the other sentences valid, the rest train.  By voice, a fold's clips are unseen
+    sentences in unheard voices, as the test clips are; by identity, unseen sentences over faces no
+    training clip shows, as the test clips' face is.  Either way a held-out sentence is spoken in no
+    training clip (``demo.voices_per_sentence = 1``)."""
     pool = [s for s in specs if s.split != "test"]
-    voices = sorted({s.voice for s in pool})
+    if by not in ("voice", "identity"):
+        raise ValueError(f"folds by 'voice' or 'identity', not {by!r}")
+    groups = sorted({getattr(s, by) for s in pool})
     out = []
-    for i in range(min(k, len(voices))):
-        held_voices = set(voices[i::k])
-        held = {s.video_id for s in pool if s.voice in held_voices}
-        if any(s.video_id in held and s.voice not in held_voices for s in pool):
-            raise SystemExit(f"sentences spoken in {sorted(held_voices)} are also spoken in other voices: "
+    for i in range(min(k, len(groups))):
+        held_groups = set(groups[i::k])
+        held = {s.video_id for s in pool if getattr(s, by) in held_groups}
+        if any(s.video_id in held and getattr(s, by) not in held_groups for s in pool):
+            raise SystemExit(f"sentences of the clips in {sorted(held_groups)} have other clips too: "
                              f"set demo.voices_per_sentence = 1 for this cross-validation")
         rest = sorted({s.video_id for s in pool} - held)
         valid = set(rest[::10])
@@ -122,7 +129,10 @@ def main() -> int:
                                                                 "(default: demo.workdir/cv)")
     parser.add_argument("--asr", default=None, help="recogniser that hears the held-out clips "
                                                     "(default: the demo's, demo.asr_model)")
-    parser.add_argument("--folds", type=int, default=6, help="folds (training voices are dealt out to them)")
+    parser.add_argument("--folds", type=int, default=6,
+                        help="folds (training voices or identities are dealt out to them)")
+    parser.add_argument("--by", choices=("voice", "identity"), default="voice",
+                        help="hold out voices (unheard voices, as the test split) or face identities (unseen faces)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="training seeds per fold")
     parser.add_argument("--heard-training", action="store_true",
                         help="train on what the recogniser hears in the training clips as well, instead of "
@@ -145,7 +155,7 @@ def main() -> int:
     tag = f"{asr_model.replace(':', '_').replace('/', '_')}-layer{dcfg.extract.text.layer}"
     heard = heard_entries(cache, corpus, pool, dcfg, asr_model, work / f"heard-{tag}")
     rows = []
-    for i, fold in enumerate(folds_of(specs, args.folds)):
+    for i, fold in enumerate(folds_of(specs, args.folds, args.by)):
         fold_cache(cache, heard, fold, work / f"fold{i}", args.heard_training)
         for seed in args.seeds:
             out = work / f"fold{i}-run{seed}"
@@ -161,9 +171,9 @@ def main() -> int:
         per_seed[seed] = held_out_figures([r for s, got in rows if s == seed for r in got])
     print(f"\nDemo settings{' with ' + ', '.join(args.overrides) if args.overrides else ''}"
           f"{', trained on heard transcripts' if args.heard_training else ''}: "
-          f"leave-one-voice-out CV on the training and validation clips (unseen sentences in an unheard "
-          f"voice), held-out clips heard by {asr_model}; sign accuracy on the non-neutral held-out clips "
-          f"(%, n clips)\n")
+          f"{args.folds}-fold CV by {args.by} on the training and validation clips (unseen sentences "
+          f"{'in unheard voices' if args.by == 'voice' else 'over unseen faces'}), held-out clips heard "
+          f"by {asr_model}; sign accuracy on the non-neutral held-out clips (%, n clips)\n")
     print("| seed | " + " | ".join(cols) + " |")
     print("|---:|" + "---:|" * len(cols))
     for seed, r in per_seed.items():

@@ -1,0 +1,38 @@
+"""bench/demo_cv.py's folds: what a fold holds out is never trained on (planning only, no training)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import DemoConfig
+from pipeline.demo.run import plan_demo_corpus
+
+
+def _demo_cv():
+    path = Path(__file__).resolve().parents[2] / "bench" / "demo_cv.py"
+    spec = importlib.util.spec_from_file_location("demo_cv", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("by, k", [("voice", 6), ("identity", 3)])
+def test_folds_hold_out_groups_and_their_sentences(by, k):
+    folds = _demo_cv().folds_of(plan_demo_corpus(DemoConfig())[2], k, by)
+    assert len(folds) == k
+    held_everywhere = []
+    for fold in folds:
+        test = [s for s in fold if s.split == "test"]
+        train = [s for s in fold if s.split == "train"]
+        assert test and train and any(s.split == "valid" for s in fold)
+        # the held-out voices (identities) and sentences appear in no training or validation clip
+        assert not {getattr(s, by) for s in test} & {getattr(s, by) for s in fold if s.split != "test"}
+        assert not {s.video_id for s in test} & {s.video_id for s in fold if s.split != "test"}
+        held_everywhere += [s.clip_id for s in test]
+    # every clip of the pool is held out exactly once
+    pool = [s.clip_id for s in folds[0]]
+    assert sorted(held_everywhere) == sorted(pool)
+    with pytest.raises(ValueError):
+        _demo_cv().folds_of(folds[0], 2, "sentence")
