@@ -242,15 +242,17 @@ def expression_field(expression: float, size: int = FACE_SIZE,
     return dx / norm, dy / norm
 
 
-def expression_maps(expression: float, size: int = FACE_SIZE,
-                    identity: str = ASTRONAUT, strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def expression_maps(expression: float, size: int = FACE_SIZE, identity: str = ASTRONAUT,
+                    field: tuple[np.ndarray, np.ndarray] | None = None,
+                    strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """``cv2.remap`` maps that warp :func:`base_face` of ``identity`` to show ``strength * expression``.
 
     The backward map samples each output pixel from where the displaced content came from
-    (:func:`expression_field`; a close inverse for displacements of a few pixels).
+    (:func:`expression_field`, or ``field`` when already computed for this expression; a close inverse
+    for displacements of a few pixels).
     """
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    dx, dy = expression_field(expression, size, identity)
+    dx, dy = field if field is not None else expression_field(expression, size, identity)
     return xs - strength * dx, ys - strength * dy
 
 
@@ -377,9 +379,8 @@ def face_frames(n_frames: int, fps: float, expression: float = 0.0, seed: int = 
                 if field is None:
                     face = expressive_face(expression, identity)
                 else:
-                    ys, xs = np.mgrid[0:base.shape[0], 0:base.shape[1]].astype(np.float32)
-                    k = level / 8
-                    face = cv2.remap(base, xs - k * field[0], ys - k * field[1], interpolation=cv2.INTER_LINEAR,
+                    map_x, map_y = expression_maps(expression, base.shape[0], identity, field, level / 8)
+                    face = cv2.remap(base, map_x, map_y, interpolation=cv2.INTER_LINEAR,
                                      borderMode=cv2.BORDER_REFLECT)
             faces[level] = lit_face(face, look, identity) if look != Look() else face
         return faces[level]
