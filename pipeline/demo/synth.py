@@ -218,53 +218,54 @@ def _expression_controls(expression: float, identity: str = ASTRONAUT) -> list[t
     return controls
 
 
+@functools.lru_cache(maxsize=8)
 def expression_field(expression: float, size: int = FACE_SIZE,
                      identity: str = ASTRONAUT) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel displacement ``(dx, dy)`` that makes :func:`base_face` of ``identity`` show
-    ``expression`` in [-1, 1] (zeros for 0).
+    ``expression`` in [-1, 1] (zeros for 0); read-only, and cached, so the frames of one clip share it.
 
     The field is a normalised sum of Gaussian bumps around the control points, so it is smooth and
     leaves the rest of the face untouched.  For one sign of ``expression`` it is linear in its size, so
-    ``k * field(e)`` shows ``k * e`` (:func:`face_frames` scales it frame by frame).
+    ``k * field(e)`` shows ``k * e`` (:func:`expression_maps`' ``strength``).
     """
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
     dx = np.zeros((size, size), np.float32)
     dy = np.zeros((size, size), np.float32)
-    if abs(expression) <= 1e-6:
-        return dx, dy
-    total = np.zeros((size, size), np.float32)
-    for (px, py), (vx, vy), radius in _expression_controls(expression, identity):
-        w = np.exp(-((xs - px) ** 2 + (ys - py) ** 2) / (2.0 * radius ** 2)).astype(np.float32)
-        dx += w * vx
-        dy += w * vy
-        total += w
-    norm = np.maximum(total, 1.0)
-    return dx / norm, dy / norm
+    if abs(expression) > 1e-6:
+        total = np.zeros((size, size), np.float32)
+        for (px, py), (vx, vy), radius in _expression_controls(expression, identity):
+            w = np.exp(-((xs - px) ** 2 + (ys - py) ** 2) / (2.0 * radius ** 2)).astype(np.float32)
+            dx += w * vx
+            dy += w * vy
+            total += w
+        norm = np.maximum(total, 1.0)
+        dx, dy = dx / norm, dy / norm
+    dx.setflags(write=False)
+    dy.setflags(write=False)
+    return dx, dy
 
 
 def expression_maps(expression: float, size: int = FACE_SIZE, identity: str = ASTRONAUT,
-                    field: tuple[np.ndarray, np.ndarray] | None = None,
                     strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """``cv2.remap`` maps that warp :func:`base_face` of ``identity`` to show ``strength * expression``.
 
     The backward map samples each output pixel from where the displaced content came from
-    (:func:`expression_field`, or ``field`` when already computed for this expression; a close inverse
-    for displacements of a few pixels).
+    (:func:`expression_field`; a close inverse for displacements of a few pixels).
     """
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    dx, dy = field if field is not None else expression_field(expression, size, identity)
+    dx, dy = expression_field(expression, size, identity)
     return xs - strength * dx, ys - strength * dy
 
 
-def expressive_face(expression: float = 0.0, identity: str = ASTRONAUT) -> np.ndarray:
-    """:func:`base_face` of ``identity`` warped to smile (``expression`` > 0) or frown (< 0); 0 gives
-    the photo as is."""
+def expressive_face(expression: float = 0.0, identity: str = ASTRONAUT, strength: float = 1.0) -> np.ndarray:
+    """:func:`base_face` of ``identity`` warped to smile (``expression`` > 0) or frown (< 0), at
+    ``strength`` (0..1) of that expression; 0 gives the photo as is."""
     import cv2
 
     face = base_face(identity)
-    if abs(expression) <= 1e-6:
+    if abs(expression * strength) <= 1e-6:
         return face
-    map_x, map_y = expression_maps(expression, face.shape[0], identity)
+    map_x, map_y = expression_maps(expression, face.shape[0], identity, strength)
     return cv2.remap(face, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
@@ -327,9 +328,9 @@ def expression_course(n_frames: int, fps: float, rng: np.random.Generator,
                       share: tuple[float, float] = (0.3, 0.45)) -> np.ndarray:
     """(n_frames,) strengths in [0, 1]: an expression that comes and goes within a clip, as in speech.
 
-    The face rests, the expression rises (0.25-0.5 s, eased), holds at its apex and falls back to rest;
-    from onset to offset it lasts a ``share`` of the clip (drawn in the range) at a random moment.  So
-    more than half of a clip's frames show the resting face, which is what a per-clip median baseline
+    The face rests, the expression rises (eased, over 0.25-0.5 s; at most a third of its span in a short
+    clip), holds at its apex and falls back to rest; from onset to offset it lasts a ``share`` of the
+    clip (drawn in the range) at a random moment.  So more than half of a clip's frames show the resting face, which is what a per-clip median baseline
     (``train.clip_baseline``) takes as the person's own neutral, as OpenFace's person-specific
     normalisation does.
     """
@@ -363,25 +364,14 @@ def face_frames(n_frames: int, fps: float, expression: float = 0.0, seed: int = 
     look = look or Look()
     rng = np.random.default_rng(seed)
     phase = rng.uniform(0, 2 * np.pi, size=3)
-    base = base_face(identity)
-    if dynamic and abs(expression) > 1e-6:
-        levels = np.round(clip_course(n_frames, fps, seed) * 8).astype(int)
-        field = expression_field(expression, base.shape[0], identity)
-    else:
-        levels = np.full(n_frames, 8 if abs(expression) > 1e-6 else 0)
-        field = None
+    # the expression's strength per frame, in eighths: all of it, or coming and going (no expression: 0)
+    levels = np.round(clip_course(n_frames, fps, seed) * 8).astype(int) if dynamic else np.full(n_frames, 8)
+    levels *= abs(expression) > 1e-6
     faces: dict[int, np.ndarray] = {}
 
     def face_at(level: int) -> np.ndarray:
         if level not in faces:
-            face = base
-            if level:
-                if field is None:
-                    face = expressive_face(expression, identity)
-                else:
-                    map_x, map_y = expression_maps(expression, base.shape[0], identity, field, level / 8)
-                    face = cv2.remap(base, map_x, map_y, interpolation=cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_REFLECT)
+            face = expressive_face(expression, identity, level / 8)
             faces[level] = lit_face(face, look, identity) if look != Look() else face
         return faces[level]
 
