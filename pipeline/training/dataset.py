@@ -221,9 +221,8 @@ def swap_modalities(batch: dict[str, Any], p: float, generator: "torch.Generator
         if not rows.any():
             continue
         for key in (name, f"{name}_mask", f"{name}_valid"):
-            if key in batch:
-                source = batch[key].clone()
-                batch[key][rows] = source[donor[rows]]
+            if key in batch:                  # the right side is a copy (advanced indexing) taken first
+                batch[key][rows] = batch[key][donor[rows]]
         swapped[:, k] = rows
     return swapped
 
@@ -308,7 +307,7 @@ class Normalizer:
                 squares += np.square(data(s, name) - mean).sum(axis=0)
             std = np.sqrt(squares / count)
             stats[name] = (mean, np.where(std < constant_std, 1.0, std))
-        return cls(stats, clip_baseline=[m for m in modalities if m in clip_baseline])
+        return cls(stats, clip_baseline=clip_baseline)
 
     def apply(self, sample: dict) -> dict:
         out = dict(sample)

@@ -163,6 +163,12 @@ def test_shrunk_demo_end_to_end(tmp_path):
     assert res.exit_code == 0, res.output
     out = res.stdout
     assert (runs / "best.pt").is_file()
+    # the model reads faces relative to each clip's resting face (demo.clip_baseline), and the
+    # checkpoint's normaliser carries that, so predict and serve do the same
+    import torch
+
+    norm = torch.load(runs / "best.pt", map_location="cpu", weights_only=True)["norm"]
+    assert norm["video"].get("clip_baseline") == "median" and "clip_baseline" not in norm["audio"]
     # the evaluate metrics and the prediction table of the held-out clip are printed
     assert "Test metrics" in out and "MAE" in out and "Non0_acc_2" in out
     summary = json.loads((runs / "demo_summary.json").read_text())

@@ -112,6 +112,8 @@ def test_clip_baseline_takes_each_clip_relative_to_its_own_median_frame() -> Non
         Normalizer.from_state({"video": {"mean": [0.0], "std": [1.0], "clip_baseline": "mean"}})
     with pytest.raises(ValueError, match="clip_baseline"):
         Normalizer({"audio": (np.zeros(1), np.ones(1))}, clip_baseline=["video"])
+    with pytest.raises(ValueError, match="clip_baseline"):   # a baseline for a modality not fitted
+        Normalizer.fit([a, b], modalities=("audio",), clip_baseline=["video"])
 
 
 def test_normalizer_centres_only_features_constant_in_training() -> None:
