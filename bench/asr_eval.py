@@ -15,7 +15,10 @@ sentences whose "not"/"n't"/"never"/"no" words were not all recognised.
 
     PYTHONPATH=$PWD python3 bench/asr_eval.py --models builtin:tiny.en builtin:base builtin:base@float32
 
-``MODEL@TYPE`` runs a model with another CPU compute type (extract.asr.compute_type; default int8).
+``MODEL@TYPE`` runs a model with another CPU compute type (extract.asr.compute_type; default int8);
+``MODEL+OTHER`` runs MODEL with the ensemble OTHER (extract.asr.ensemble: the transcript heard by either
+that both models together find most probable).  ``--rounds N`` speaks every sentence N times, each time in
+another voice and at another rate (N x 48 recordings).
 A second table gives the WER of each model per voice.
 """
 from __future__ import annotations
@@ -91,15 +94,22 @@ NEGATIONS = {"not", "never", "no", "nothing", "nobody", "can't", "didn't", "don'
 SR = 16000
 
 
-def make_set(workdir: Path) -> list[tuple[str, str, int, Path]]:
+def make_set(workdir: Path, rounds: int = 1) -> list[tuple[str, str, int, Path]]:
+    """The evaluation set: each sentence once per round, in a voice and at a rate that change with
+    the round (round 0: the voice and rate cycle as in the first versions of this benchmark)."""
     workdir.mkdir(parents=True, exist_ok=True)
     items = []
-    for i, text in enumerate(SENTENCES):
-        voice, rate = VOICES[i % len(VOICES)], RATES[(i // len(VOICES) + i) % len(RATES)]
-        wav = workdir / f"s{i:02d}.wav"
-        if not wav.exists():
-            subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(wav), text], check=True)
-        items.append((text, voice, rate, wav))
+    for r in range(rounds):
+        shift = 2 * r + 1
+        for i, text in enumerate(SENTENCES):
+            if r == 0:
+                voice, rate, wav = VOICES[i % len(VOICES)], RATES[(i // len(VOICES) + i) % len(RATES)], f"s{i:02d}.wav"
+            else:
+                voice, rate = VOICES[(i + shift) % len(VOICES)], RATES[(i * shift + 1) % len(RATES)]
+                wav = f"s{i:02d}-{shift}.wav"
+            if not (workdir / wav).exists():
+                subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(workdir / wav), text], check=True)
+            items.append((text, voice, rate, workdir / wav))
     return items
 
 
@@ -114,13 +124,15 @@ def read_wav(path: Path) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["builtin:tiny.en", "builtin:base"])
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="each sentence once per round, in another voice and at another rate each round")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dhmd-asr-eval"))
     ap.add_argument("--show-errors", action="store_true", help="print every sentence that was not exact")
     args = ap.parse_args()
     from extractors.asr import SpeechRecognizer
     from pipeline.config import AsrConfig
 
-    items = make_set(args.workdir)
+    items = make_set(args.workdir, args.rounds)
     audio = [read_wav(p) for *_, p in items]
     seconds = sum(len(a) for a in audio) / SR
     print(f"evaluation set: {len(items)} sentences, {sum(len(scoring_words(t)) for t, *_ in items)} words, "
@@ -130,9 +142,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     per_voice: dict[str, dict[str, list[int]]] = {}
     for spec in args.models:
-        model, _, ctype = spec.partition("@")
+        models, _, ctype = spec.partition("@")
+        model, *ensemble = models.split("+")
         t0 = time.perf_counter()
-        rec = SpeechRecognizer(AsrConfig(model=model, compute_type=ctype or "int8"))
+        rec = SpeechRecognizer(AsrConfig(model=model, ensemble=ensemble, compute_type=ctype or "int8"))
         load = time.perf_counter() - t0
         errors = words = exact = neg_err = 0
         spent = 0.0

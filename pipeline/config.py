@@ -78,6 +78,7 @@ class AsrConfig(_Section):
     vad_filter: bool = False
     align_window: Literal["clip", "whisper"] = "clip"
     sources: list[Literal["sidecar", "labels", "asr"]] = ["sidecar", "labels", "asr"]
+    ensemble: list[str] = []
 
 
 class FaceConfig(_Section):
@@ -241,6 +242,7 @@ class DemoConfig(_Section):
     train_sentences: bool = True
     text_layer: int = Field(-4, ge=-64, le=64)
     asr_model: str = "builtin:base"
+    asr_ensemble: list[str] = Field(default_factory=lambda: ["builtin:tiny.en"])
     fps: float = Field(10.0, gt=0.0, le=60.0)
     workers: int = Field(2, ge=1, le=64)
     hidden_dim: int = Field(32, ge=4, le=4096)

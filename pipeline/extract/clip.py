@@ -87,7 +87,8 @@ def extraction_settings(cfg: "ExtractConfig") -> dict[str, Any]:
         "fps": float(cfg.fps),
         "sample_rate": int(cfg.sample_rate),
         "text": {"model": cfg.text.model, "max_tokens": cfg.text.max_tokens, "layer": cfg.text.layer},
-        "asr": cfg.asr.model_dump(mode="json"),
+        # no ensemble is left out, so the keys of caches made before it existed still match
+        "asr": cfg.asr.model_dump(mode="json", exclude=set() if cfg.asr.ensemble else {"ensemble"}),
         "face": cfg.face.model_dump(mode="json", exclude={"threads"}),
         "audio": cfg.audio.model_dump(mode="json"),
     }

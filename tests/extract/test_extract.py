@@ -349,8 +349,11 @@ def test_cache_key_follows_settings_and_label_text(tmp_path):
     clip.with_suffix(".txt").write_text("hello there")
     assert base != clip_settings(clip, cfg.extract, "a", "Hello there")
     for key, value in (("extract.fps", 30.0), ("extract.text.layer", -2), ("extract.face.max_faces", 2),
-                       ("extract.audio.rate_hz", 25.0), ("extract.asr.beam_size", 1)):
+                       ("extract.audio.rate_hz", 25.0), ("extract.asr.beam_size", 1),
+                       ("extract.asr.ensemble", ["builtin:tiny.en"])):
         assert extraction_settings(with_overrides(cfg, {key: value}).extract) != extraction_settings(cfg.extract)
+    # no ensemble is not written into the key: caches made before the setting existed still match
+    assert "ensemble" not in extraction_settings(cfg.extract)["asr"]
     for key, value in (("extract.workers", 4), ("extract.device", "cpu"), ("extract.out", "elsewhere"),
                        ("extract.text.batch_size", 3)):
         assert extraction_settings(with_overrides(cfg, {key: value}).extract) == extraction_settings(cfg.extract)
