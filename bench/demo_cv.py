@@ -42,7 +42,8 @@ from pipeline.demo.run import (cached_entries, demo_overrides, held_out_figures,
 
 
 def heard_entries(cache: Path, corpus: Path, specs: list, cfg, asr_model: str, out: Path) -> dict[str, Path]:
-    """clip_id -> a copy of the clip's cache entry whose words are what ``asr_model`` hears in the clip
+    """clip_id -> a copy of the clip's cache entry whose words are what ``asr_model`` (with the ensemble
+    of ``cfg.extract.asr``) hears in the clip
     (recognised, timed and encoded as extraction does for a clip without a transcript)."""
     from tqdm import tqdm
 
@@ -128,7 +129,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=None, help="heard entries and fold folders "
                                                                 "(default: demo.workdir/cv)")
     parser.add_argument("--asr", default=None, help="recogniser that hears the held-out clips "
-                                                    "(default: the demo's, demo.asr_model)")
+                                                    "(default: the demo's, demo.asr_model; with demo.asr_ensemble either way)")
     parser.add_argument("--folds", type=int, default=6,
                         help="folds (training voices or identities are dealt out to them)")
     parser.add_argument("--by", choices=("voice", "identity"), default="voice",
@@ -149,10 +150,11 @@ def main() -> int:
     workdir = Path(cfg.demo.workdir)
     cache, corpus = args.cache or workdir / "cache", args.corpus or workdir / "corpus"
     asr_model = args.asr or dcfg.extract.asr.model
+    asr_name = "+".join([asr_model, *dcfg.extract.asr.ensemble])   # the recogniser and its ensemble
     work = args.work or workdir / "cv"
     _, _, specs = plan_demo_corpus(dcfg.demo)
     pool = [s for s in specs if s.split != "test"]
-    tag = f"{asr_model.replace(':', '_').replace('/', '_')}-layer{dcfg.extract.text.layer}"
+    tag = f"{asr_name.replace(':', '_').replace('/', '_')}-layer{dcfg.extract.text.layer}"
     heard = heard_entries(cache, corpus, pool, dcfg, asr_model, work / f"heard-{tag}")
     rows = []
     for i, fold in enumerate(folds_of(specs, args.folds, args.by)):
@@ -173,7 +175,7 @@ def main() -> int:
           f"{', trained on heard transcripts' if args.heard_training else ''}: "
           f"{args.folds}-fold CV by {args.by} on the training and validation clips (unseen sentences "
           f"{'in unheard voices' if args.by == 'voice' else 'over unseen faces'}), held-out clips heard "
-          f"by {asr_model}; sign accuracy on the non-neutral held-out clips (%, n clips)\n")
+          f"by {asr_name}; sign accuracy on the non-neutral held-out clips (%, n clips)\n")
     print("| seed | " + " | ".join(cols) + " |")
     print("|---:|" + "---:|" * len(cols))
     for seed, r in per_seed.items():
@@ -181,7 +183,7 @@ def main() -> int:
     if len(per_seed) > 1:
         print("| mean | " + " | ".join(f"{100 * statistics.mean(r[c]['accuracy'] for r in per_seed.values()):.1f}"
                                       for c in cols) + " |")
-    (work / "last.json").write_text(json.dumps({"overrides": args.overrides, "asr": asr_model,
+    (work / "last.json").write_text(json.dumps({"overrides": args.overrides, "asr": asr_name,
                                                 "heard_training": args.heard_training,
                                                 "per_seed": per_seed}, indent=1))
     return 0

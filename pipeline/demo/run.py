@@ -55,7 +55,7 @@ def demo_overrides(cfg: "PipelineConfig", epochs: int) -> dict[str, Any]:
     in a few minutes, always a regression on the corpus' -3..3 scores (whatever ``model.task`` says),
     faces read at the clips' own frame rate ``demo.fps`` and taken relative to each clip's median face
     (``demo.clip_baseline``), text features from ``demo.text_layer``, speech heard by
-    ``demo.asr_model``, and (``demo.finetune_bert``) the text model that extracted the features fine-tuned
+    ``demo.asr_model`` with ``demo.asr_ensemble``, and (``demo.finetune_bert``) the text model that extracted the features fine-tuned
     inside the model at ``demo.bert_lr``; everything else is the user's configuration.
     """
     d = cfg.demo
@@ -65,6 +65,7 @@ def demo_overrides(cfg: "PipelineConfig", epochs: int) -> dict[str, Any]:
         "extract.fps": d.fps,
         "extract.text.layer": d.text_layer,
         "extract.asr.model": d.asr_model,
+        "extract.asr.ensemble": list(d.asr_ensemble),
         "model.hidden_dim": d.hidden_dim,
         "model.num_heads": d.num_heads,
         "model.num_layers": d.num_layers,
@@ -375,7 +376,8 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
     for m, a in per_modality.items():
         _echo(f"  {m} head alone: {_pct(a)}")
     if wer["words"]:
-        _echo(f"Speech recognition ({dcfg.extract.asr.model}) on the held-out clips: word error rate "
+        heard_by = " + ".join([dcfg.extract.asr.model, *dcfg.extract.asr.ensemble])
+        _echo(f"Speech recognition ({heard_by}) on the held-out clips: word error rate "
               f"{wer['wer']:.3f} ({wer['errors']} errors in {wer['words']} words)")
     _echo("By face condition (held-out face; the face agrees with the words, is the photograph as it is, "
           "or contradicts them):")
