@@ -185,7 +185,9 @@ def main() -> int:
                                       for c in cols) + " |")
     (work / "last.json").write_text(json.dumps({"overrides": args.overrides, "asr": asr_name,
                                                 "heard_training": args.heard_training,
-                                                "per_seed": per_seed}, indent=1))
+                                                "per_seed": per_seed,
+                                                "predictions": [dict(r, seed=s) for s, got in rows for r in got]},
+                                               indent=1))
     return 0
 
 
