@@ -20,8 +20,9 @@ On CUDA the model runs in float16 (``AsrConfig.compute_type`` is the CPU compute
 ``AsrConfig.ensemble`` names further models (same forms) that hear each clip too.  When they hear
 different words, every model scores every distinct transcript heard (forced decoding: the log-probability
 of its tokens given the audio) and the transcript with the highest log-probability summed over the
-models is kept, with the word times of the model that heard it.  Two models rarely make the same
-mistake with confidence: Whisper base with tiny.en makes 18% fewer word errors than base alone on
+models is kept, with the word times of the model that heard it (a clip longer than one Whisper window,
+30 s, keeps the first model's transcript: a whole transcript cannot be scored in one window).  Two models rarely make the same
+mistake with confidence: Whisper base with tiny.en makes 15% fewer word errors than base alone on
 espeak-ng speech (bench/asr_eval.py, BENCHMARKS.md).
 """
 from __future__ import annotations
@@ -163,11 +164,13 @@ class SpeechRecognizer:
         if audio is None:
             return []
         try:
-            heard = [self._recognise(model, audio) for model in (self._model, *self._ensemble)]
+            # the ensemble hears clips of one Whisper window (30 s); a longer one keeps the first model's words
+            one_window = len(audio) <= self._model.feature_extractor.n_samples
+            models = (self._model, *self._ensemble) if one_window else (self._model,)
+            heard = [self._recognise(model, audio) for model in models]
             texts = [raw for raw, _ in heard]
             if len(set(" ".join(t.split()) for t in texts)) > 1:
-                scores = np.sum([self._log_probs(model, audio, texts) for model in (self._model, *self._ensemble)],
-                                axis=0)
+                scores = np.sum([self._log_probs(model, audio, texts) for model in models], axis=0)
                 words = heard[int(np.argmax(scores))][1]   # first best on a tie: the primary model
             else:
                 words = heard[0][1]
@@ -191,16 +194,15 @@ class SpeechRecognizer:
         return raw, words
 
     def _log_probs(self, model: Any, audio: np.ndarray, texts: list[str]) -> np.ndarray:
-        """Log-probability under ``model`` of each of ``texts`` given ``audio`` (forced decoding in
-        Whisper's 30 s window, the window it recognises in; audio beyond one window scores only its
-        first window, the same for every text)."""
+        """Log-probability under ``model`` of each of ``texts`` given ``audio`` of at most one Whisper
+        window (30 s), by forced decoding in that window padded as Whisper recognises it."""
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
 
         fe = model.feature_extractor
         tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
                               language=(self.cfg.language or "en") if model.model.is_multilingual else "en")
-        features = fe(audio[:fe.n_samples])
+        features = fe(audio)
         n_frames = min(features.shape[-1] - 1, fe.nb_max_frames)
         encoded = model.encode(np.ascontiguousarray(pad_or_trim(features[:, :n_frames], fe.nb_max_frames)))
         out = []

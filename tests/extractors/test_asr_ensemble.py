@@ -49,3 +49,13 @@ def test_a_real_voice_is_heard_right_where_one_model_alone_mishears_it(ensemble,
 def test_an_unknown_ensemble_model_fails_clearly() -> None:
     with pytest.raises(ModelLoadError, match="builtin:huge"):
         SpeechRecognizer(AsrConfig(model="builtin:tiny.en", ensemble=["builtin:huge"]))
+
+
+def test_a_clip_longer_than_one_window_keeps_the_first_models_words(ensemble, real_speech) -> None:
+    """A transcript cannot be scored in one 30 s window when the clip is longer: the first model's words."""
+    audio, rate = read_wav(real_speech[0])
+    long = np.concatenate([audio, np.zeros(rate // 2, np.float32)] * 8)   # 36 s
+    assert len(long) / rate > 30
+    first = SpeechRecognizer(AsrConfig(model=ENSEMBLE.model)).transcribe(long, rate)
+    assert [w.text for w in ensemble.transcribe(long, rate)] == [w.text for w in first]
+    assert sum(w.text.lower() == "degree" for w in first) >= 6            # heard across both windows
