@@ -21,9 +21,9 @@ On CUDA the model runs in float16 (``AsrConfig.compute_type`` is the CPU compute
 different words, every model scores every distinct transcript heard (forced decoding: the log-probability
 of its tokens given the audio) and the transcript with the highest log-probability summed over the
 models is kept, with the word times of the model that heard it (a clip longer than one Whisper window,
-30 s, keeps the first model's transcript: a whole transcript cannot be scored in one window).  Two models rarely make the same
-mistake with confidence: Whisper base with tiny.en makes 15% fewer word errors than base alone on
-espeak-ng speech (bench/asr_eval.py, BENCHMARKS.md).
+30 s, keeps the first model's transcript: a whole transcript cannot be scored in one window).  Two
+models rarely make the same mistake with confidence: Whisper base with tiny.en makes 15% fewer word
+errors than base alone on espeak-ng speech (bench/asr_eval.py, BENCHMARKS.md).
 """
 from __future__ import annotations
 
