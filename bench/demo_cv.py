@@ -150,7 +150,7 @@ def main() -> int:
     workdir = Path(cfg.demo.workdir)
     cache, corpus = args.cache or workdir / "cache", args.corpus or workdir / "corpus"
     asr_model = args.asr or dcfg.extract.asr.model
-    asr_name = "+".join([asr_model, *dcfg.extract.asr.ensemble])   # the recogniser and its ensemble
+    asr_name = "+".join([asr_model, *dcfg.extract.asr.ensemble])   # the recogniser and its ensemble (--asr replaces the first)
     work = args.work or workdir / "cv"
     _, _, specs = plan_demo_corpus(dcfg.demo)
     pool = [s for s in specs if s.split != "test"]

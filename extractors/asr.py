@@ -86,7 +86,7 @@ def asr_versions(cfg: "AsrConfig", device: str) -> dict[str, str]:
     models (the ensemble's too), and the effective compute type on ``device`` (float16 on CUDA, int8
     by default on CPU)."""
     out = {dist: package_version(dist) for dist in ("faster-whisper", "ctranslate2")}
-    for model in (cfg.model, *cfg.ensemble):
+    for model in cfg.models:
         out.update(builtin_versions(model, BUILTIN_MODELS))
         for _module, dist in SPLIT_MODELS.get(model, ("", ()))[1]:
             out[dist] = package_version(dist)
@@ -116,13 +116,27 @@ def _voiced_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray | None:
 
 def _load(model: str, device: str, compute_type: str) -> tuple[Any, str]:
     """``(WhisperModel, readable model id)`` for a configured model name; ModelLoadError when it fails."""
-    from faster_whisper import WhisperModel
-
+    try:
+        from faster_whisper import WhisperModel
+    except ImportError:
+        raise ModelLoadError("speech recognition needs the 'faster-whisper' package") from None
     target, name = resolve_asr_model(model)
     try:
         return WhisperModel(target, device=device, compute_type=compute_type), name
     except Exception as e:  # hub errors, missing files, bad compute type: one readable line
         raise model_load_error("ASR model", model, target, e, "builtin:tiny.en") from None
+
+
+def _encode(model: Any, audio: np.ndarray, clip_only: bool) -> tuple[Any, int]:
+    """``(encoder output, frames of audio)`` of ``model`` for 16 kHz ``audio`` of at most one window:
+    the encoder reads Whisper's 30 s window padded with silence, or (``clip_only``) the clip's frames."""
+    from faster_whisper.audio import pad_or_trim
+
+    fe = model.feature_extractor
+    features = fe(audio)
+    n_frames = min(features.shape[-1] - 1, fe.nb_max_frames)
+    width = n_frames + n_frames % 2 if clip_only else fe.nb_max_frames
+    return model.encode(np.ascontiguousarray(pad_or_trim(features[:, :n_frames], width))), n_frames
 
 
 class SpeechRecognizer:
@@ -134,10 +148,6 @@ class SpeechRecognizer:
     """
 
     def __init__(self, cfg: "AsrConfig", device: str = "cpu") -> None:
-        try:
-            import faster_whisper  # noqa: F401
-        except ImportError:
-            raise ModelLoadError("speech recognition needs the 'faster-whisper' package") from None
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         self.cfg = cfg
@@ -145,12 +155,10 @@ class SpeechRecognizer:
         self.compute_type = effective_compute_type(cfg, device)
         self.version = (f"faster-whisper {package_version('faster-whisper')}; "
                         f"ctranslate2 {package_version('ctranslate2')}; {self.compute_type}")
-        self._model, self.name = _load(cfg.model, device, self.compute_type)
-        self._ensemble = []
-        for model in cfg.ensemble:
-            loaded, name = _load(model, device, self.compute_type)
-            self._ensemble.append(loaded)
-            self.name += f" + {name}"
+        loaded = [_load(model, device, self.compute_type) for model in cfg.models]
+        self._models = [model for model, _ in loaded]      # the first is the primary model
+        self._model = self._models[0]
+        self.name = " + ".join(name for _, name in loaded)
         log.info("loaded ASR model %s on %s (%s)", self.name, device, self.compute_type)
 
     def transcribe(self, audio: np.ndarray, sample_rate: int) -> list[Word]:
@@ -166,7 +174,7 @@ class SpeechRecognizer:
         try:
             # the ensemble hears clips of one Whisper window (30 s); a longer one keeps the first model's words
             one_window = len(audio) <= self._model.feature_extractor.n_samples
-            models = (self._model, *self._ensemble) if one_window else (self._model,)
+            models = self._models if one_window else self._models[:1]
             heard = [self._recognise(model, audio) for model in models]
             texts = [raw for raw, _ in heard]
             if len(set(" ".join(t.split()) for t in texts)) > 1:
@@ -193,18 +201,19 @@ class SpeechRecognizer:
                     words.append(Word(text, float(w.start), float(w.end)))
         return raw, words
 
+    def _tokenizer(self, model: Any) -> Any:
+        """``model``'s tokenizer for transcribing ``cfg.language`` (English for an English-only model)."""
+        from faster_whisper.tokenizer import Tokenizer
+
+        multilingual = model.model.is_multilingual
+        return Tokenizer(model.hf_tokenizer, multilingual, task="transcribe",
+                         language=(self.cfg.language or "en") if multilingual else "en")
+
     def _log_probs(self, model: Any, audio: np.ndarray, texts: list[str]) -> np.ndarray:
         """Log-probability under ``model`` of each of ``texts`` given ``audio`` of at most one Whisper
         window (30 s), by forced decoding in that window padded as Whisper recognises it."""
-        from faster_whisper.audio import pad_or_trim
-        from faster_whisper.tokenizer import Tokenizer
-
-        fe = model.feature_extractor
-        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
-                              language=(self.cfg.language or "en") if model.model.is_multilingual else "en")
-        features = fe(audio)
-        n_frames = min(features.shape[-1] - 1, fe.nb_max_frames)
-        encoded = model.encode(np.ascontiguousarray(pad_or_trim(features[:, :n_frames], fe.nb_max_frames)))
+        tokenizer = self._tokenizer(model)
+        encoded, n_frames = _encode(model, audio, clip_only=False)
         out = []
         for text in texts:
             tokens = tokenizer.encode(text)[: model.max_length // 2]
@@ -229,28 +238,20 @@ class SpeechRecognizer:
         longer than one Whisper window (30 s: which words fall in which window is not known from
         the text), more tokens than the decoder takes, no voiced audio, or no words.
         """
-        from faster_whisper.audio import pad_or_trim
-        from faster_whisper.tokenizer import Tokenizer
-
         audio = _voiced_16k(audio, sample_rate)
         model = self._model
-        fe = model.feature_extractor
-        if not words or audio is None or len(audio) > fe.n_samples:
+        if not words or audio is None or len(audio) > model.feature_extractor.n_samples:
             return None
-        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
-                              language=(self.cfg.language or "en") if model.model.is_multilingual else "en")
+        tokenizer = self._tokenizer(model)
         per_word = [tokenizer.encode(" " + w) for w in words]
         tokens = [t for ts in per_word for t in ts]
         if not tokens or len(tokens) > model.max_length // 2:
             return None
         try:
-            features = fe(audio)
-            n_frames = min(features.shape[-1] - 1, fe.nb_max_frames)
             # align_window "clip": the encoder reads the clip's frames only, not a window padded to
             # 30 s with silence: 4-5x cheaper for a 5 s clip, and word times as accurate on speech
             # with known word boundaries (bench/word_times.py, BENCHMARKS.md)
-            width = n_frames + n_frames % 2 if self.cfg.align_window == "clip" else fe.nb_max_frames
-            encoded = model.encode(np.ascontiguousarray(pad_or_trim(features[:, :n_frames], width)))
+            encoded, n_frames = _encode(model, audio, clip_only=self.cfg.align_window == "clip")
             result = model.model.align(encoded, tokenizer.sot_sequence, [tokens], n_frames,
                                        median_filter_width=7)[0]
         except Exception as e:

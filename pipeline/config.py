@@ -80,6 +80,11 @@ class AsrConfig(_Section):
     sources: list[Literal["sidecar", "labels", "asr"]] = ["sidecar", "labels", "asr"]
     ensemble: list[str] = []
 
+    @property
+    def models(self) -> list[str]:
+        """Every recogniser that hears a clip: ``model``, then the ``ensemble``."""
+        return [self.model, *self.ensemble]
+
 
 class FaceConfig(_Section):
     backend: Literal["mediapipe", "pyfeat"] = "mediapipe"

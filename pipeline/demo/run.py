@@ -376,8 +376,7 @@ def run_demo(cfg: "PipelineConfig", workdir: Path | None = None, sentences: int 
     for m, a in per_modality.items():
         _echo(f"  {m} head alone: {_pct(a)}")
     if wer["words"]:
-        heard_by = " + ".join([dcfg.extract.asr.model, *dcfg.extract.asr.ensemble])
-        _echo(f"Speech recognition ({heard_by}) on the held-out clips: word error rate "
+        _echo(f"Speech recognition ({' + '.join(dcfg.extract.asr.models)}) on the held-out clips: word error rate "
               f"{wer['wer']:.3f} ({wer['errors']} errors in {wer['words']} words)")
     _echo("By face condition (held-out face; the face agrees with the words, is the photograph as it is, "
           "or contradicts them):")
