@@ -97,22 +97,29 @@ def fold_cache(cache: Path, heard: dict[str, Path], specs: list, fold_dir: Path,
     (fold_dir / "labels.csv").write_text(labels_csv(specs, with_text=("train", "valid", "test")))
 
 
+# what a fold holds out: a training voice, a face identity, or an accent (espeak-ng's language voice,
+# both of its variants: a held-out clip's accent is then one no training clip has, as the test voices')
+GROUPS = {"voice": lambda s: s.voice, "identity": lambda s: s.identity,
+          "accent": lambda s: s.voice.split("+")[0]}
+
+
 def folds_of(specs: list, k: int = 6, by: str = "voice") -> list[list]:
     """The non-test specs re-split into (at most) ``k`` folds by training voice or by face identity
     (``by``): in fold i, the clips in voices (identities) i, i + k, ... (sorted by name) are the test
-    split, a tenth of the other sentences valid, the rest train.  By voice, a fold's clips are unseen
+    split (``by = "accent"``: the voices of accents i, i + k, ...), a tenth of the other sentences valid, the rest train.  By voice, a fold's clips are unseen
     sentences in unheard voices, as the test clips are; by identity, unseen sentences over faces no
     training clip shows, as the test clips' face is.  Either way a held-out sentence is spoken in no
     training clip (``demo.voices_per_sentence = 1``)."""
     pool = [s for s in specs if s.split != "test"]
-    if by not in ("voice", "identity"):
-        raise ValueError(f"folds by 'voice' or 'identity', not {by!r}")
-    groups = sorted({getattr(s, by) for s in pool})
+    if by not in GROUPS:
+        raise ValueError(f"folds by {' or '.join(map(repr, GROUPS))}, not {by!r}")
+    group = GROUPS[by]
+    groups = sorted({group(s) for s in pool})
     out = []
     for i in range(min(k, len(groups))):
         held_groups = set(groups[i::k])
-        held = {s.video_id for s in pool if getattr(s, by) in held_groups}
-        if any(s.video_id in held and getattr(s, by) not in held_groups for s in pool):
+        held = {s.video_id for s in pool if group(s) in held_groups}
+        if any(s.video_id in held and group(s) not in held_groups for s in pool):
             raise SystemExit(f"sentences of the clips in {sorted(held_groups)} have other clips too: "
                              f"set demo.voices_per_sentence = 1 for this cross-validation")
         rest = sorted({s.video_id for s in pool} - held)
@@ -132,8 +139,9 @@ def main() -> int:
                                                     "(default: the demo's, demo.asr_model; with demo.asr_ensemble either way)")
     parser.add_argument("--folds", type=int, default=6,
                         help="folds (training voices or identities are dealt out to them)")
-    parser.add_argument("--by", choices=("voice", "identity"), default="voice",
-                        help="hold out voices (unheard voices, as the test split) or face identities (unseen faces)")
+    parser.add_argument("--by", choices=tuple(GROUPS), default="voice",
+                        help="hold out voices (unheard voices), accents (voices of an accent no training "
+                             "voice has, as the test split's) or face identities (unseen faces)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="training seeds per fold")
     parser.add_argument("--heard-training", action="store_true",
                         help="train on what the recogniser hears in the training clips as well, instead of "
@@ -174,7 +182,7 @@ def main() -> int:
     print(f"\nDemo settings{' with ' + ', '.join(args.overrides) if args.overrides else ''}"
           f"{', trained on heard transcripts' if args.heard_training else ''}: "
           f"{args.folds}-fold CV by {args.by} on the training and validation clips (unseen sentences "
-          f"{'in unheard voices' if args.by == 'voice' else 'over unseen faces'}), held-out clips heard "
+          f"{ {'voice': 'in unheard voices', 'accent': 'in unheard accents', 'identity': 'over unseen faces'}[args.by]}), held-out clips heard "
           f"by {asr_name}; sign accuracy on the non-neutral held-out clips (%, n clips)\n")
     print("| seed | " + " | ".join(cols) + " |")
     print("|---:|" + "---:|" * len(cols))

@@ -216,12 +216,23 @@ class TrainConfig(_Section):
     num_workers: int = Field(0, ge=0, le=64)
     modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     clip_baseline: list[Literal["audio", "video"]] = Field(default_factory=list)
+    clip_baseline_features: dict[Literal["audio", "video"], list[str]] = Field(default_factory=dict)
     modality_swap: float = Field(0.0, ge=0.0, le=1.0)
 
     @field_validator("clip_baseline")
     @classmethod
     def _clip_baseline(cls, value: list[str]) -> list[str]:
         return sorted(set(value), key=value.index)
+
+    @model_validator(mode="after")
+    def _clip_baseline_features(self) -> "TrainConfig":
+        stray = sorted(set(self.clip_baseline_features) - set(self.clip_baseline))
+        if stray:
+            raise PydanticCustomError(
+                "clip_baseline_features", "names {stray}, which train.clip_baseline does not hold: "
+                "the features that take the baseline are chosen only for a modality that takes it",
+                {"stray": stray})
+        return self
 
     @field_validator("split")
     @classmethod
@@ -259,6 +270,7 @@ class DemoConfig(_Section):
     val_metric: RegressionValMetric = "MAE"
     modality_dropout: float = Field(0.3, ge=0.0, lt=1.0)
     clip_baseline: list[Literal["audio", "video"]] = Field(default_factory=lambda: ["video"])
+    clip_baseline_features: dict[Literal["audio", "video"], list[str]] = Field(default_factory=dict)
     modality_swap: float = Field(0.0, ge=0.0, le=1.0)
     finetune_bert: bool = True
     bert_lr: float = Field(5e-5, ge=0.0, le=1.0)

@@ -93,6 +93,11 @@ def test_clip_baseline_takes_audio_and_video_only(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(_toml(tmp_path, '[train]\nclip_baseline = ["text"]\n'))
     assert "train.clip_baseline" in str(e.value) and "video" in str(e.value)
+    cfg = load_config(_toml(tmp_path, '[train]\nclip_baseline = ["audio"]\nclip_baseline_features = {audio = ["mfcc"]}\n'))
+    assert cfg.train.clip_baseline_features == {"audio": ["mfcc"]}
+    with pytest.raises(ConfigError) as e:    # features chosen for a modality that takes no baseline
+        load_config(_toml(tmp_path, '[train]\nclip_baseline = ["video"]\nclip_baseline_features = {audio = ["mfcc"]}\n'))
+    assert "clip_baseline_features" in str(e.value) and "audio" in str(e.value)
 
 
 def test_invalid_toml_is_a_config_error(tmp_path):

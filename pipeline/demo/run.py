@@ -76,6 +76,7 @@ def demo_overrides(cfg: "PipelineConfig", epochs: int) -> dict[str, Any]:
         "train.val_metric": d.val_metric,
         "train.modality_dropout": d.modality_dropout,
         "train.clip_baseline": list(d.clip_baseline),
+        "train.clip_baseline_features": {k: list(v) for k, v in d.clip_baseline_features.items()},
         "train.modality_swap": d.modality_swap,
         "model.finetune_bert": d.finetune_bert,
         "model.bert_model": cfg.extract.text.model,

@@ -237,20 +237,40 @@ class Normalizer:
     relative to the clip's own median over its frames that hold data: person-specific normalisation, as
     OpenFace does for action units.  A face that rests in a smile, or a voice that is simply high, then
     reads as that person's neutral, and what is left is how the clip departs from it.  It assumes that
-    more than half of a clip's frames show the person at rest.
+    more than half of a clip's frames show the person at rest.  ``baseline_columns`` narrows it, per
+    modality, to some features (``train.clip_baseline_features``): the voice's spectral shape (who is
+    speaking, and the microphone) is taken relative to the clip, as cepstral mean normalisation does,
+    while its pitch stays as spoken.
 
     ``apply`` returns a new sample: ``(x - baseline - mean) / std`` at frames that hold data, exactly 0
     at the others (masked frames, and in aligned samples the tokens whose ``*_valid`` is False: special
     tokens and words without data).
     """
 
-    def __init__(self, stats: dict[str, tuple[np.ndarray, np.ndarray]], clip_baseline: Sequence[str] = ()):
+    def __init__(self, stats: dict[str, tuple[np.ndarray, np.ndarray]], clip_baseline: Sequence[str] = (),
+                 baseline_columns: dict[str, Sequence[int]] | None = None):
         self.stats = {k: (np.asarray(m, dtype=np.float32), np.asarray(s, dtype=np.float32))
                       for k, (m, s) in stats.items()}
         unknown = sorted(set(clip_baseline) - set(self.stats))
         if unknown:
             raise ValueError(f"clip_baseline names {unknown}, but the normaliser holds only {sorted(self.stats)}")
         self.clip_baseline = tuple(clip_baseline)
+        self.baseline_columns = self._columns(baseline_columns or {}, self.clip_baseline,
+                                              {k: m.shape[0] for k, (m, _) in self.stats.items()})
+
+    @staticmethod
+    def _columns(columns: dict[str, Sequence[int]], baseline: Sequence[str],
+                 dims: dict[str, int]) -> dict[str, np.ndarray]:
+        """``columns`` checked: only modalities with a baseline, indices within their dims."""
+        out = {}
+        for name, cols in columns.items():
+            if name not in baseline:
+                raise ValueError(f"clip baseline columns given for {name!r}, which has no clip_baseline")
+            cols = np.unique(np.asarray(list(cols), dtype=np.int64))
+            if dims.get(name) is not None and cols.size and (cols.min() < 0 or cols.max() >= dims[name]):
+                raise ValueError(f"clip baseline columns of {name!r} outside its {dims[name]} features")
+            out[name] = cols
+        return out
 
     @staticmethod
     def data_rows(sample: dict, name: str, length: int) -> np.ndarray:
@@ -266,28 +286,40 @@ class Normalizer:
         return rows
 
     @classmethod
-    def _data(cls, sample: dict, name: str, baseline: bool, dtype: Any = np.float64) -> tuple[np.ndarray, np.ndarray]:
+    def _data(cls, sample: dict, name: str, baseline: bool, dtype: Any = np.float64,
+              columns: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The features of ``name`` in ``sample`` (less the clip's median at its data rows when
-        ``baseline``) and those data rows."""
+        ``baseline``: in every feature, or only in ``columns`` when given) and those data rows."""
         x = np.asarray(sample[name], dtype=dtype)
         rows = cls.data_rows(sample, name, x.shape[0])
         if baseline and rows.any():
-            x = x - np.median(x[rows], axis=0)
+            if columns is None:
+                x = x - np.median(x[rows], axis=0)
+            elif columns.size:
+                x = x.copy()
+                x[:, columns] -= np.median(x[rows][:, columns], axis=0)
         return x, rows
 
     @classmethod
     def fit(cls, samples: Sequence[dict], modalities: Sequence[str] = ("audio", "video"),
-            constant_std: float = CONSTANT_STD, clip_baseline: Sequence[str] = ()) -> "Normalizer":
+            constant_std: float = CONSTANT_STD, clip_baseline: Sequence[str] = (),
+            baseline_columns: dict[str, Sequence[int]] | None = None) -> "Normalizer":
         """Mean and std over the frames of ``samples`` that hold data (:meth:`data_rows`), after the
-        per-clip baseline of the modalities in ``clip_baseline``.
+        per-clip baseline of the modalities in ``clip_baseline`` (of a modality in
+        ``baseline_columns``, only those feature columns take it; the others stay as extracted).
 
         The std is the population one (ddof 0), computed around the mean (two passes, so a large
         offset does not eat the precision).  A feature whose std is below ``constant_std`` (constant
         in these samples) gets std 1: it is only centred, so a small variation elsewhere is not blown
         up by a tiny divisor.  A modality without any data frame gets mean 0 and std 1.
         """
+        missing = sorted(set(clip_baseline) - set(modalities))
+        if missing:
+            raise ValueError(f"clip_baseline names {missing}, but the normaliser fits only {sorted(modalities)}")
+        columns = cls._columns(baseline_columns or {}, clip_baseline, {})
+
         def data(s: dict, name: str) -> np.ndarray:
-            x, rows = cls._data(s, name, name in clip_baseline)
+            x, rows = cls._data(s, name, name in clip_baseline, columns=columns.get(name))
             return x[rows]
 
         stats = {}
@@ -307,12 +339,13 @@ class Normalizer:
                 squares += np.square(data(s, name) - mean).sum(axis=0)
             std = np.sqrt(squares / count)
             stats[name] = (mean, np.where(std < constant_std, 1.0, std))
-        return cls(stats, clip_baseline=clip_baseline)
+        return cls(stats, clip_baseline=clip_baseline, baseline_columns=columns)
 
     def apply(self, sample: dict) -> dict:
         out = dict(sample)
         for name, (mean, std) in self.stats.items():
-            x, rows = self._data(sample, name, name in self.clip_baseline, np.float32)
+            x, rows = self._data(sample, name, name in self.clip_baseline, np.float32,
+                                 self.baseline_columns.get(name))
             if x.shape[1] != mean.shape[0]:
                 raise ValueError(f"{name} features have {x.shape[1]} dims, the normaliser {mean.shape[0]}")
             y = (x - mean) / std
@@ -322,12 +355,15 @@ class Normalizer:
 
     def state(self) -> dict[str, dict[str, Any]]:
         """Plain lists (checkpoint content loadable with ``torch.load(weights_only=True)``); a modality
-        with a per-clip baseline also carries ``"clip_baseline": "median"``."""
+        with a per-clip baseline also carries ``"clip_baseline": "median"``, and where the baseline is
+        taken in some features only, their indices as ``"clip_baseline_columns"``."""
         out: dict[str, dict[str, Any]] = {}
         for k, (m, s) in self.stats.items():
             out[k] = {"mean": [float(v) for v in m], "std": [float(v) for v in s]}
             if k in self.clip_baseline:
                 out[k]["clip_baseline"] = "median"
+                if k in self.baseline_columns:
+                    out[k]["clip_baseline_columns"] = [int(c) for c in self.baseline_columns[k]]
         return out
 
     @classmethod
@@ -338,7 +374,27 @@ class Normalizer:
             raise ValueError(f"unknown clip baseline {sorted(unknown)} in the normaliser's state (this version "
                              "knows 'median')")
         return cls({k: (np.asarray(v["mean"]), np.asarray(v["std"])) for k, v in state.items()},
-                   clip_baseline=baseline)
+                   clip_baseline=baseline,
+                   baseline_columns={k: v["clip_baseline_columns"] for k, v in state.items()
+                                     if v.get("clip_baseline") and "clip_baseline_columns" in v})
+
+
+def baseline_columns(features: dict[str, Sequence[str]], spec: dict[str, Any]) -> dict[str, list[int]]:
+    """``train.clip_baseline_features`` as column indices: per modality, the features whose names (the
+    spec's ``audio_names`` / ``video_names``) begin with one of the given prefixes.  UserError when the
+    data names no features (MMSA pickles) or a prefix matches none, so a typo is not a silent no-op."""
+    out: dict[str, list[int]] = {}
+    for name, prefixes in features.items():
+        names = list(spec.get(f"{name}_names") or [])
+        if not names:
+            raise UserError(f"train.clip_baseline_features names {name} features, but these {spec.get('source')} "
+                            f"data do not name their {name} features (extracted caches do)", exit_code=2)
+        unmatched = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+        if unmatched:
+            raise UserError(f"train.clip_baseline_features: no {name} feature begins with {unmatched} "
+                            f"(the features: {', '.join(names)})", exit_code=2)
+        out[name] = [i for i, n in enumerate(names) if any(n.startswith(p) for p in prefixes)]
+    return out
 
 
 # ------------------------------------------------------------------------------------------ labels

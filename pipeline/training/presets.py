@@ -39,6 +39,7 @@ _PAPER: Recipe = {
     "model.dict_scale_sqrt_d": (False, "Eq. 11"),
     "train.modality_dropout": (0.0, "Sec. 4 (no modality dropout)"),
     "train.clip_baseline": ([], "Sec. 4 (features as extracted, no per-clip baseline)"),
+    "train.clip_baseline_features": ({}, "Sec. 4 (features as extracted, no per-clip baseline)"),
     "train.modality_swap": (0.0, "Sec. 4 (no modality swap)"),
 }
 

@@ -231,7 +231,7 @@ class Trainer:
         from dhmd import DHMD, DHMDConfig
         from extractors.errors import ModelLoadError
         from pipeline.training.checkpoint import bert_path
-        from pipeline.training.dataset import Normalizer, SampleDataset, label_scheme
+        from pipeline.training.dataset import Normalizer, SampleDataset, baseline_columns, label_scheme
         from pipeline.training.evaluate import resolve_device
         from pipeline.training.metrics import LOWER_IS_BETTER
 
@@ -261,7 +261,9 @@ class Trainer:
             raise UserError(f"cannot load model.bert_model = {cfg.model.bert_model!r} for model.finetune_bert "
                             f"({str(e).splitlines()[0]}); point it at a local model folder", exit_code=2) from None
         self.normalizer = (Normalizer.from_state(resume["norm"]) if resume
-                           else Normalizer.fit(self.train_samples, clip_baseline=cfg.train.clip_baseline))
+                           else Normalizer.fit(self.train_samples, clip_baseline=cfg.train.clip_baseline,
+                                               baseline_columns=baseline_columns(cfg.train.clip_baseline_features,
+                                                                                 self.bundle.spec)))
         self.train_ds = SampleDataset(self.train_samples, self.normalizer)
         self.label_scheme = label_scheme(cfg.model.task, cfg.model.n_classes)
         # the fine-tuned BERT is a param group of its own (train.bert_lr; 0 = train.lr), after the rest

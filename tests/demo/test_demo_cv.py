@@ -18,9 +18,11 @@ def _demo_cv():
     return module
 
 
-@pytest.mark.parametrize("by, k", [("voice", 6), ("identity", 3)])
+@pytest.mark.parametrize("by, k", [("voice", 6), ("identity", 3), ("accent", 3)])
 def test_folds_hold_out_groups_and_their_sentences(by, k):
-    folds = _demo_cv().folds_of(plan_demo_corpus(DemoConfig())[2], k, by)
+    cv = _demo_cv()
+    group = cv.GROUPS[by]
+    folds = cv.folds_of(plan_demo_corpus(DemoConfig())[2], k, by)
     assert len(folds) == k
     held_everywhere = []
     for fold in folds:
@@ -28,11 +30,13 @@ def test_folds_hold_out_groups_and_their_sentences(by, k):
         train = [s for s in fold if s.split == "train"]
         assert test and train and any(s.split == "valid" for s in fold)
         # the held-out voices (identities) and sentences appear in no training or validation clip
-        assert not {getattr(s, by) for s in test} & {getattr(s, by) for s in fold if s.split != "test"}
+        assert not {group(s) for s in test} & {group(s) for s in fold if s.split != "test"}
         assert not {s.video_id for s in test} & {s.video_id for s in fold if s.split != "test"}
         held_everywhere += [s.clip_id for s in test]
     # every clip of the pool is held out exactly once
     pool = [s.clip_id for s in folds[0]]
     assert sorted(held_everywhere) == sorted(pool)
+    if by == "accent":   # both variants of a held-out accent are held out
+        assert all(len({s.voice for s in fold if s.split == "test"}) == 4 for fold in folds)
     with pytest.raises(ValueError):
-        _demo_cv().folds_of(folds[0], 2, "sentence")
+        cv.folds_of(folds[0], 2, "sentence")

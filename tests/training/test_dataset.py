@@ -116,6 +116,40 @@ def test_clip_baseline_takes_each_clip_relative_to_its_own_median_frame() -> Non
         Normalizer.fit([a, b], modalities=("audio",), clip_baseline=["video"])
 
 
+def test_clip_baseline_features_take_some_columns_relative_to_the_clip_and_leave_the_rest() -> None:
+    """train.clip_baseline_features: two voices that differ by their spectral shape (column 0, a
+    timbre) and speak at different pitches (column 1): with the baseline on column 0 only, the timbre
+    offset is gone and the pitch difference stays; the choice survives the checkpoint's state."""
+    a = {"audio": np.array([[7.0, 100.0], [7.5, 101.0], [7.0, 99.0]], np.float32), "video": np.zeros((1, 1), np.float32)}
+    b = {"audio": np.array([[-2.0, 140.0], [-1.5, 141.0], [-2.0, 139.0]], np.float32), "video": np.zeros((1, 1), np.float32)}
+    norm = Normalizer.fit([a, b], clip_baseline=["audio"], baseline_columns={"audio": [0]})
+    out_a, out_b = norm.apply(a)["audio"], norm.apply(b)["audio"]
+    np.testing.assert_allclose(out_a[:, 0], out_b[:, 0], atol=1e-6)          # the timbre: relative to the clip
+    assert (out_b[:, 1] - out_a[:, 1]).min() > 1.5                           # the pitch: as spoken
+    state = norm.state()["audio"]
+    assert state["clip_baseline"] == "median" and state["clip_baseline_columns"] == [0]
+    again = Normalizer.from_state(norm.state())
+    assert np.array_equal(again.apply(b)["audio"], out_b)
+    whole = Normalizer.fit([a, b], clip_baseline=["audio"])                  # every column: the pitch is gone too
+    assert abs(float(whole.apply(b)["audio"][:, 1].mean() - whole.apply(a)["audio"][:, 1].mean())) < 1e-6
+    with pytest.raises(ValueError, match="no clip_baseline"):
+        Normalizer.fit([a, b], clip_baseline=["video"], baseline_columns={"audio": [0]})
+    with pytest.raises(ValueError, match="outside"):
+        Normalizer(norm.stats, clip_baseline=["audio"], baseline_columns={"audio": [2]})
+
+
+def test_baseline_columns_are_found_by_feature_name_prefix() -> None:
+    from pipeline.errors import UserError
+    from pipeline.training.dataset import baseline_columns
+
+    spec = {"source": "cache", "audio_names": ["mfcc_1", "mfcc_delta_1", "f0_hz", "spectral_centroid_khz", "rms"]}
+    assert baseline_columns({"audio": ["mfcc", "spectral"]}, spec) == {"audio": [0, 1, 3]}
+    with pytest.raises(UserError, match="spectrum"):                          # a typo is not a silent no-op
+        baseline_columns({"audio": ["spectrum"]}, spec)
+    with pytest.raises(UserError, match="do not name"):                       # MMSA pickles name no features
+        baseline_columns({"audio": ["mfcc"]}, {"source": "mmsa"})
+
+
 def test_normalizer_centres_only_features_constant_in_training() -> None:
     # feature 0 is constant in training, feature 1 nearly so (std 5e-5 around a large offset),
     # feature 2 varies a little (std 2e-3): only the first two are treated as constant

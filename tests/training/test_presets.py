@@ -32,6 +32,7 @@ EXPECTED = {
     "train.epochs": (30, 30, 30, 30, "S4"),
     "train.modality_dropout": (0.0, 0.0, 0.0, 0.0, "S4"),
     "train.clip_baseline": ([], [], [], [], "S4"),
+    "train.clip_baseline_features": ({}, {}, {}, {}, "S4"),
     "train.modality_swap": (0.0, 0.0, 0.0, 0.0, "S4"),
     "model.task": ("regression", "regression", "binary", "binary", "S4"),
     "train.val_metric": ("MAE", "MAE", "Acc", "F1", "S4 / ours"),
