@@ -104,28 +104,36 @@ GROUPS = {"voice": lambda s: s.voice, "identity": lambda s: s.identity,
 
 
 def folds_of(specs: list, k: int = 6, by: str = "voice") -> list[list]:
-    """The non-test specs re-split into (at most) ``k`` folds by training voice or by face identity
-    (``by``): in fold i, the clips in voices (identities) i, i + k, ... (sorted by name) are the test
-    split (``by = "accent"``: the voices of accents i, i + k, ...), a tenth of the other sentences valid, the rest train.  By voice, a fold's clips are unseen
-    sentences in unheard voices, as the test clips are; by identity, unseen sentences over faces no
-    training clip shows, as the test clips' face is.  Either way a held-out sentence is spoken in no
-    training clip (``demo.voices_per_sentence = 1``)."""
+    """The non-test specs re-split into (at most) ``k`` folds by training voice, face identity or
+    accent (``by``, a key of :data:`GROUPS`): in fold i, the clips in voices (identities, accents) i,
+    i + k, ... (sorted by name) are the test split, a tenth of the other sentences valid, the rest
+    train.  By voice, a fold's clips are unseen sentences in unheard voices; by accent, in voices of an
+    accent no training clip has, as the test clips' are; by identity, over faces no training clip
+    shows, as the test clips' face is.  Either way a held-out sentence is spoken in no training clip
+    (``demo.voices_per_sentence = 1``).
+
+    ``by = "accent+identity"`` (two keys) holds out both at once, as the test split does: a fold's
+    test clips are those in its held-out accents *and* identities, its training clips those in
+    neither, and the clips in one but not the other are left out of that fold (trained on by none,
+    so the folds train on fewer clips, about 4/9 of the pool with 3 folds)."""
     pool = [s for s in specs if s.split != "test"]
-    if by not in GROUPS:
-        raise ValueError(f"folds by {' or '.join(map(repr, GROUPS))}, not {by!r}")
-    group = GROUPS[by]
-    groups = sorted({group(s) for s in pool})
+    keys = by.split("+")
+    if not keys or any(key not in GROUPS for key in keys):
+        raise ValueError(f"folds by {' or '.join(map(repr, GROUPS))} (or two joined by '+'), not {by!r}")
     out = []
-    for i in range(min(k, len(groups))):
-        held_groups = set(groups[i::k])
-        held = {s.video_id for s in pool if group(s) in held_groups}
-        if any(s.video_id in held and group(s) not in held_groups for s in pool):
-            raise SystemExit(f"sentences of the clips in {sorted(held_groups)} have other clips too: "
-                             f"set demo.voices_per_sentence = 1 for this cross-validation")
-        rest = sorted({s.video_id for s in pool} - held)
+    for i in range(min(k, *(len({GROUPS[key](s) for s in pool}) for key in keys))):
+        held_groups = [set(sorted({GROUPS[key](s) for s in pool})[i::k]) for key in keys]
+        inside = {s.clip_id: [GROUPS[key](s) in g for key, g in zip(keys, held_groups)] for s in pool}
+        held = {s.video_id for s in pool if all(inside[s.clip_id])}
+        left_out = {s.video_id for s in pool if any(inside[s.clip_id]) and not all(inside[s.clip_id])}
+        if any(s.video_id in held and not all(inside[s.clip_id]) for s in pool):
+            raise SystemExit(f"sentences of the clips in {[sorted(g) for g in held_groups]} have other clips "
+                             f"too: set demo.voices_per_sentence = 1 for this cross-validation")
+        rest = sorted({s.video_id for s in pool} - held - left_out)
         valid = set(rest[::10])
         out.append([dataclasses.replace(s, split="test" if s.video_id in held else
-                                        "valid" if s.video_id in valid else "train") for s in pool])
+                                        "valid" if s.video_id in valid else "train")
+                    for s in pool if s.video_id not in left_out])
     return out
 
 
@@ -139,9 +147,10 @@ def main() -> int:
                                                     "(default: the demo's, demo.asr_model; with demo.asr_ensemble either way)")
     parser.add_argument("--folds", type=int, default=6,
                         help="folds (training voices or identities are dealt out to them)")
-    parser.add_argument("--by", choices=tuple(GROUPS), default="voice",
+    parser.add_argument("--by", choices=(*GROUPS, "accent+identity"), default="voice",
                         help="hold out voices (unheard voices), accents (voices of an accent no training "
-                             "voice has, as the test split's) or face identities (unseen faces)")
+                             "voice has, as the test split's), face identities (unseen faces), or accents "
+                             "and identities together (as the test split)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="training seeds per fold")
     parser.add_argument("--heard-training", action="store_true",
                         help="train on what the recogniser hears in the training clips as well, instead of "
@@ -182,7 +191,7 @@ def main() -> int:
     print(f"\nDemo settings{' with ' + ', '.join(args.overrides) if args.overrides else ''}"
           f"{', trained on heard transcripts' if args.heard_training else ''}: "
           f"{args.folds}-fold CV by {args.by} on the training and validation clips (unseen sentences "
-          f"{ {'voice': 'in unheard voices', 'accent': 'in unheard accents', 'identity': 'over unseen faces'}[args.by]}), held-out clips heard "
+          f"{ {'voice': 'in unheard voices', 'accent': 'in unheard accents', 'identity': 'over unseen faces', 'accent+identity': 'in unheard accents over unseen faces'}[args.by]}), held-out clips heard "
           f"by {asr_name}; sign accuracy on the non-neutral held-out clips (%, n clips)\n")
     print("| seed | " + " | ".join(cols) + " |")
     print("|---:|" + "---:|" * len(cols))

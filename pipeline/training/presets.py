@@ -41,6 +41,7 @@ _PAPER: Recipe = {
     "train.clip_baseline": ([], "Sec. 4 (features as extracted, no per-clip baseline)"),
     "train.clip_baseline_features": ({}, "Sec. 4 (features as extracted, no per-clip baseline)"),
     "train.modality_swap": (0.0, "Sec. 4 (no modality swap)"),
+    "train.ema_decay": (0.0, "Sec. 4 (the weights as trained, no average)"),
 }
 
 # DMD's training recipe where the paper says nothing (mosi, mosei)

@@ -38,12 +38,14 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any, ContextManager
 
 import numpy as np
 
 from pipeline.files import atomic_write_text
 from pipeline.training import distributed
+from pipeline.training.averaging import WeightAverage
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.errors import UserError
 
@@ -285,9 +287,15 @@ class Trainer:
                                          "history": []}
         self.splits = split_fingerprint(self.bundle)
         distributed.seed_rank(t.seed)
+        self.average = WeightAverage(self.model, t.ema_decay) if t.ema_decay > 0 else None
         if resume:
             self._check_resume(resume)
             self.model.load_state_dict(resume["model_state"])
+            if self.average is not None:
+                if "weight_average" not in resume:
+                    raise UserError(f"{self.out / 'last.pt'} holds no weight average to continue with "
+                                    f"train.ema_decay = {t.ema_decay}", exit_code=2)
+                self.average.load_state(resume["weight_average"])
             self.optimizer.load_state_dict(resume["optimizer"])
             self.scheduler.load_state_dict(resume["scheduler"])
             self.progress = dict(resume["progress"])
@@ -320,10 +328,16 @@ class Trainer:
                 "norm": self.normalizer.state(), "label_scheme": self.label_scheme, "epoch": int(epoch),
                 "val": {"metric": self.cfg.train.val_metric, "value": value}, "splits": self.splits}
 
+    def _averaged(self) -> ContextManager[None]:
+        """Within the block the model holds its averaged weights (``train.ema_decay``), if any."""
+        return self.average.swapped_in(self.model) if self.average is not None else nullcontext()
+
     def _save_last(self) -> None:
         payload = self._payload(self.progress["epoch"], self.progress["best"])
         payload.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                        rng=rng_state(), progress=self.progress)
+        if self.average is not None:              # the live weights train on; the average is kept beside
+            payload["weight_average"] = self.average.state()
         ranks = distributed.gather_rng(payload["rng"])     # collective: every rank gets here
         if ranks is not None:
             payload["rng_ranks"] = ranks
@@ -378,6 +392,8 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.average is not None:
+                    self.average.update(self.model)
             b = len(batch["ids"])
             n += b
             for k, v in out.losses.items():
@@ -398,18 +414,19 @@ class Trainer:
         start = time.perf_counter()
         lr = float(self.optimizer.param_groups[0]["lr"])
         train_losses = self._train_epoch(epoch)
-        metrics, res = self._validate(desc=f"valid {epoch + 1}")
-        value = res.losses.get("total", math.nan) if t.val_metric == "loss" else metrics[t.val_metric]
-        value = float(value)
+        with self._averaged():                    # validated, and kept as best, with averaged weights
+            metrics, res = self._validate(desc=f"valid {epoch + 1}")
+            value = res.losses.get("total", math.nan) if t.val_metric == "loss" else metrics[t.val_metric]
+            value = float(value)
+            p = self.progress
+            improved = is_better(t.val_metric, value, p["best"])
+            if improved:
+                p.update(best=value, best_epoch=epoch + 1, bad_epochs=0)
+                if self.dist.is_main:
+                    save_checkpoint(self.out / "best.pt", self._payload(epoch + 1, value))
         finite = value if math.isfinite(value) else (math.inf if self.mode == "min" else -math.inf)
         self.scheduler.step(finite)
-        p = self.progress
-        improved = is_better(t.val_metric, value, p["best"])
-        if improved:
-            p.update(best=value, best_epoch=epoch + 1, bad_epochs=0)
-            if self.dist.is_main:
-                save_checkpoint(self.out / "best.pt", self._payload(epoch + 1, value))
-        else:
+        if not improved:
             p["bad_epochs"] += 1
         p["history"].append({"epoch": epoch + 1, "lr": lr, "train": train_losses, "valid": res.losses,
                              "valid_metrics": {k: json_safe(v) for k, v in metrics.items()},
@@ -442,8 +459,11 @@ class Trainer:
         distributed.barrier()                     # rank 0 has written best.pt
         if best_path.is_file():
             self.model.load_state_dict(load_checkpoint(best_path)["model_state"])
-        elif self.dist.is_main:   # no epoch ever gave a finite validation value: keep the last weights as best
-            save_checkpoint(best_path, self._payload(p["epoch"], None))
+        else:                     # no epoch ever gave a finite validation value: keep the last weights as best
+            if self.average is not None:
+                self.model.load_state_dict(self.average.shadow)
+            if self.dist.is_main:
+                save_checkpoint(best_path, self._payload(p["epoch"], None))
         task = self.cfg.model.task
         valid_metrics, valid_res = self._validate(desc="valid (best)")
         test_metrics = None

@@ -40,3 +40,20 @@ def test_folds_hold_out_groups_and_their_sentences(by, k):
         assert all(len({s.voice for s in fold if s.split == "test"}) == 4 for fold in folds)
     with pytest.raises(ValueError):
         cv.folds_of(folds[0], 2, "sentence")
+
+
+def test_folds_by_accent_and_identity_hold_out_both_and_train_on_neither():
+    cv = _demo_cv()
+    pool = [s for s in plan_demo_corpus(DemoConfig())[2] if s.split != "test"]
+    folds = cv.folds_of(pool, 3, "accent+identity")
+    assert len(folds) == 3
+    accent, identity = cv.GROUPS["accent"], cv.GROUPS["identity"]
+    for fold in folds:
+        test = [s for s in fold if s.split == "test"]
+        seen = [s for s in fold if s.split != "test"]
+        assert test and seen
+        assert not {accent(s) for s in test} & {accent(s) for s in seen}
+        assert not {identity(s) for s in test} & {identity(s) for s in seen}
+        assert len(fold) < len(pool)           # the clips in one held-out group only: in no split
+    with pytest.raises(ValueError):
+        cv.folds_of(folds[0], 2, "sentence")

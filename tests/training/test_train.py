@@ -106,7 +106,9 @@ def test_checkpoint_refuses_data_with_another_spec(pickle_run, tmp_path: Path) -
     assert res.exit_code == 2 and "broken.pt" in res.stderr
 
 
-def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("ema", [0.0, 0.9], ids=["weights", "weight-average"])
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    ema: float) -> None:
     import pipeline.training.train as train_mod
     from pipeline.config import load_config
     from pipeline.training.train import run_train
@@ -116,7 +118,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, monkeypatch:
     # 4 epochs here, so the scheduler acts (today's defaults improve every epoch on this data)
     cfg = load_config(None, TINY + ["train.epochs=4", "train.lr_patience=0", "train.lr_factor=0.5",
                                     "model.embed_dropout=0.3", "model.memory_layers=-1",
-                                    "model.dict_scale_sqrt_d=true"])
+                                    "model.dict_scale_sqrt_d=true", f"train.ema_decay={ema}"])
     assert run_train(cfg, data=data, out=tmp_path / "full") == 0
 
     real_save = train_mod.save_checkpoint
@@ -150,6 +152,13 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, monkeypatch:
     sa = torch.load(tmp_path / "full" / "best.pt", weights_only=True)["model_state"]
     sb = torch.load(tmp_path / "killed" / "best.pt", weights_only=True)["model_state"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    last = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    if ema:   # last.pt: the live weights and their average; best.pt (the best epoch's average) is neither
+        average = last["weight_average"]
+        assert average["updates"] > 0 and set(average["weights"]) == set(last["model_state"])
+        assert any(not torch.equal(average["weights"][k], last["model_state"][k]) for k in sa)
+    else:
+        assert "weight_average" not in last
 
 
 def test_aligned_pickle_with_seeds_summary(tmp_path: Path) -> None:
