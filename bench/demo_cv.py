@@ -78,9 +78,11 @@ def heard_entries(cache: Path, corpus: Path, specs: list, cfg, asr_model: str, o
     return done
 
 
-def fold_cache(cache: Path, heard: dict[str, Path], specs: list, fold_dir: Path, heard_training: bool = False) -> None:
+def fold_cache(cache: Path, heard: dict[str, Path], specs: list, fold_dir: Path, heard_training: bool = False,
+               given_words: bool = False) -> None:
     """A cache folder whose labels.csv splits ``specs`` as given and whose test clips are heard (with
-    ``heard_training`` the training and validation clips too, instead of their given transcripts)."""
+    ``heard_training`` the training and validation clips too, instead of their given transcripts; with
+    ``given_words`` none: the test clips keep the words spoken, as a perfect recogniser would hear them)."""
     from pipeline.demo.corpus import labels_csv
     from pipeline.extract.cache import write_manifest
 
@@ -90,7 +92,8 @@ def fold_cache(cache: Path, heard: dict[str, Path], specs: list, fold_dir: Path,
     split = {s.clip_id: s.split for s in specs}
     records = []
     for rec, path in cached_entries(cache, set(split)):
-        target = heard[rec["clip_id"]] if heard_training or split[rec["clip_id"]] == "test" else path
+        target = (heard[rec["clip_id"]] if heard_training or (split[rec["clip_id"]] == "test" and not given_words)
+                  else path)
         os.symlink(Path(target).resolve(), fold_dir / rec["entry"])
         records.append(rec)
     write_manifest(fold_dir, records)
@@ -155,6 +158,9 @@ def main() -> int:
     parser.add_argument("--heard-training", action="store_true",
                         help="train on what the recogniser hears in the training clips as well, instead of "
                              "their transcripts (both ways, the held-out clips are heard)")
+    parser.add_argument("--given-words", action="store_true",
+                        help="read the held-out clips with the words spoken instead of what the recogniser "
+                             "hears: what a perfect recogniser would give (a bound, not a demo setting)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a setting (repeatable), as dhmd-pipeline --set; the [demo] settings apply")
     args = parser.parse_args()
@@ -175,7 +181,7 @@ def main() -> int:
     heard = heard_entries(cache, corpus, pool, dcfg, asr_model, work / f"heard-{tag}")
     rows = []
     for i, fold in enumerate(folds_of(specs, args.folds, args.by)):
-        fold_cache(cache, heard, fold, work / f"fold{i}", args.heard_training)
+        fold_cache(cache, heard, fold, work / f"fold{i}", args.heard_training, args.given_words)
         for seed in args.seeds:
             out = work / f"fold{i}-run{seed}"
             shutil.rmtree(out, ignore_errors=True)
@@ -188,11 +194,14 @@ def main() -> int:
     per_seed = {}
     for seed in args.seeds:
         per_seed[seed] = held_out_figures([r for s, got in rows if s == seed for r in got])
+    unseen = {"voice": "in unheard voices", "accent": "in unheard accents", "identity": "over unseen faces",
+              "accent+identity": "in unheard accents over unseen faces"}[args.by]
+    words = ("read with the words spoken (no recogniser: a bound)" if args.given_words
+             else f"heard by {asr_name}")
     print(f"\nDemo settings{' with ' + ', '.join(args.overrides) if args.overrides else ''}"
           f"{', trained on heard transcripts' if args.heard_training else ''}: "
           f"{args.folds}-fold CV by {args.by} on the training and validation clips (unseen sentences "
-          f"{ {'voice': 'in unheard voices', 'accent': 'in unheard accents', 'identity': 'over unseen faces', 'accent+identity': 'in unheard accents over unseen faces'}[args.by]}), held-out clips heard "
-          f"by {asr_name}; sign accuracy on the non-neutral held-out clips (%, n clips)\n")
+          f"{unseen}), held-out clips {words}; sign accuracy on the non-neutral held-out clips (%, n clips)\n")
     print("| seed | " + " | ".join(cols) + " |")
     print("|---:|" + "---:|" * len(cols))
     for seed, r in per_seed.items():
@@ -202,6 +211,7 @@ def main() -> int:
                                       for c in cols) + " |")
     (work / "last.json").write_text(json.dumps({"overrides": args.overrides, "asr": asr_name,
                                                 "heard_training": args.heard_training,
+                                                "given_words": args.given_words,
                                                 "per_seed": per_seed,
                                                 "predictions": [dict(r, seed=s) for s, got in rows for r in got]},
                                                indent=1))
