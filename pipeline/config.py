@@ -219,7 +219,6 @@ class TrainConfig(_Section):
     clip_baseline_features: dict[Literal["audio", "video"], list[str]] = Field(default_factory=dict)
     modality_swap: float = Field(0.0, ge=0.0, le=1.0)
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
-    video_gain: float = Field(0.0, ge=0.0, le=2.0)
 
     @field_validator("clip_baseline")
     @classmethod
@@ -275,7 +274,6 @@ class DemoConfig(_Section):
     clip_baseline_features: dict[Literal["audio", "video"], list[str]] = Field(default_factory=dict)
     modality_swap: float = Field(0.0, ge=0.0, le=1.0)
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
-    video_gain: float = Field(0.0, ge=0.0, le=2.0)
     finetune_bert: bool = True
     bert_lr: float = Field(5e-5, ge=0.0, le=1.0)
 

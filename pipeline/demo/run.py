@@ -79,7 +79,6 @@ def demo_overrides(cfg: "PipelineConfig", epochs: int) -> dict[str, Any]:
         "train.clip_baseline_features": {k: list(v) for k, v in d.clip_baseline_features.items()},
         "train.modality_swap": d.modality_swap,
         "train.ema_decay": d.ema_decay,
-        "train.video_gain": d.video_gain,
         "model.finetune_bert": d.finetune_bert,
         "model.bert_model": cfg.extract.text.model,
         "train.bert_lr": d.bert_lr,

@@ -227,25 +227,6 @@ def swap_modalities(batch: dict[str, Any], p: float, generator: "torch.Generator
     return swapped
 
 
-def gain_features(batch: dict[str, Any], spread: float, generator: "torch.Generator",
-                  modality: str = "video") -> "torch.Tensor":
-    """Feature gain (``train.video_gain``): each training sample's ``modality`` features (standardised,
-    so 0 is the training mean, and with a clip baseline the person's resting face) are multiplied,
-    feature by feature, by a gain ``exp(spread * N(0, 1))``; in place.  Returns the (B, D) gains.
-
-    People differ in how far each part of the face moves, and a face reader answers each face a little
-    differently: with seven faces to learn from, a model learns their amplitudes too.  Random gains
-    per sample and feature show it many more, so that a new face whose smile reads at half or twice
-    the strength is still a smile.  Zeros (frames without data, blanked samples) stay zeros.
-    """
-    import torch
-
-    x = batch[modality]
-    gains = torch.exp(spread * torch.randn((x.shape[0], x.shape[-1]), generator=generator))
-    batch[modality] = x * gains.to(x.dtype).unsqueeze(1)
-    return gains
-
-
 # ------------------------------------------------------------------------------------------ normaliser
 
 class Normalizer:

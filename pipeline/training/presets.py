@@ -42,7 +42,6 @@ _PAPER: Recipe = {
     "train.clip_baseline_features": ({}, "Sec. 4 (features as extracted, no per-clip baseline)"),
     "train.modality_swap": (0.0, "Sec. 4 (no modality swap)"),
     "train.ema_decay": (0.0, "Sec. 4 (the weights as trained, no average)"),
-    "train.video_gain": (0.0, "Sec. 4 (no feature augmentation)"),
 }
 
 # DMD's training recipe where the paper says nothing (mosi, mosei)

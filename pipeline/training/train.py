@@ -350,7 +350,7 @@ class Trainer:
         from torch.utils.data import DataLoader
         from tqdm import tqdm
 
-        from pipeline.training.dataset import collate, drop_modalities, gain_features, swap_modalities
+        from pipeline.training.dataset import collate, drop_modalities, swap_modalities
         from pipeline.training.evaluate import autocast, model_inputs
 
         t = self.cfg.train
@@ -370,13 +370,9 @@ class Trainer:
         drop_gen.manual_seed(t.seed * 7_000_003 + epoch + 1_000_003 * self.dist.rank)
         swap_gen = torch.Generator()
         swap_gen.manual_seed(t.seed * 5_000_011 + epoch + 1_000_003 * self.dist.rank)
-        gain_gen = torch.Generator()
-        gain_gen.manual_seed(t.seed * 3_000_017 + epoch + 1_000_003 * self.dist.rank)
         for i, batch in enumerate(bar):
             if t.modality_swap > 0:
                 swap_modalities(batch, t.modality_swap, swap_gen)
-            if t.video_gain > 0:
-                gain_features(batch, t.video_gain, gain_gen)
             if t.modality_dropout > 0:
                 drop_modalities(batch, t.modality_dropout, drop_gen)
             args, kwargs = model_inputs(self.model, batch, self.device)

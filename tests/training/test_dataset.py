@@ -453,30 +453,6 @@ def test_modality_swap_gives_a_sample_another_clips_face_or_voice_never_its_word
     assert not swap_modalities(one, 1.0, torch.Generator()).any()       # no other clip to take from
 
 
-def test_video_gain_scales_each_samples_face_features_feature_by_feature_and_nothing_else():
-    import torch
-
-    from pipeline.training.dataset import collate, gain_features
-
-    samples = [{"id": str(i), "text": np.ones((3, 2)), "audio": np.ones((4, 2)),
-                "video": np.ones((2 + i % 3, 3)), "label": float(i)} for i in range(400)]
-    batch = collate(samples)
-    before = {k: batch[k].clone() for k in ("text", "audio", "video", "video_mask", "labels")}
-    gains = gain_features(batch, 0.4, torch.Generator().manual_seed(2))
-    assert gains.shape == (400, 3)
-    # each sample's frames are scaled by its own gain per feature; padding (zeros) stays zero
-    for i in (0, 1, 2, 399):
-        frames = batch["video_mask"][i]
-        assert torch.allclose(batch["video"][i][frames], gains[i].expand(int(frames.sum()), 3))
-        assert (batch["video"][i][~frames] == 0).all()
-    logs = torch.log(gains)
-    assert abs(float(logs.mean())) < 0.03 and abs(float(logs.std()) - 0.4) < 0.03   # exp(0.4 N(0, 1))
-    for k in ("text", "audio", "video_mask", "labels"):
-        assert torch.equal(batch[k], before[k])
-    again = collate(samples)                              # the same stream gives the same gains
-    assert torch.equal(gain_features(again, 0.4, torch.Generator().manual_seed(2)), gains)
-
-
 def test_modality_dropout_is_off_by_default_and_in_the_paper_presets():
     from pipeline.config import PipelineConfig
     from pipeline.training.presets import PRESETS, apply_preset

@@ -35,7 +35,6 @@ EXPECTED = {
     "train.clip_baseline_features": ({}, {}, {}, {}, "S4"),
     "train.modality_swap": (0.0, 0.0, 0.0, 0.0, "S4"),
     "train.ema_decay": (0.0, 0.0, 0.0, 0.0, "S4"),
-    "train.video_gain": (0.0, 0.0, 0.0, 0.0, "S4"),
     "model.task": ("regression", "regression", "binary", "binary", "S4"),
     "train.val_metric": ("MAE", "MAE", "Acc", "F1", "S4 / ours"),
     "model.dict_temperature": (1.0, 1.0, 1.0, 1.0, "Eq11"),
