@@ -37,8 +37,8 @@ import math
 import random
 import sys
 import time
-from pathlib import Path
 from contextlib import nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ContextManager
 
 import numpy as np
