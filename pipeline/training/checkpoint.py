@@ -3,18 +3,21 @@
 A checkpoint is a dict of plain data and tensors, loadable with ``torch.load(weights_only=True)``:
 
     format          int, CHECKPOINT_FORMAT
-    model_state     the DHMD state_dict
+    model_state     the DHMD state_dict (in best.pt, with train.ema_decay, the weights' moving average)
     model_config    DHMDConfig.to_dict() (input sizes included)
     pipeline_config the run's resolved PipelineConfig.model_dump() (its .extract = the settings the
                     cache was extracted with, its .align = the alignment mode)
     spec            feature spec of the training data (pipeline.training.dataset.feature_spec / mmsa_spec)
-    norm            Normalizer.state(): {"audio"|"video": {"mean": [...], "std": [...]}}
+    norm            Normalizer.state(): {"audio"|"video": {"mean": [...], "std": [...]}, plus
+                    "clip_baseline": "median" and "clip_baseline_columns": [...] where they apply}
     label_scheme    pipeline.training.dataset.label_scheme(task, n_classes)
     epoch           epochs completed (1-based) when the weights were taken
     val             {"metric": name, "value": float | None} of those weights
     splits          {"train"|"valid"|"test": {"n": samples, "sha256": hash of their ids in order}}
                     (absent in checkpoints written before it; a resume compares it with the data)
-  and in last.pt only (resume): optimizer, scheduler, rng, progress (best value, bad epochs, history).
+  and in last.pt only (resume): optimizer, scheduler, rng, progress (best value, bad epochs, history),
+  and with train.ema_decay weight_average ({"decay", "updates", "weights"}; model_state holds the live
+  weights there).
 
 Files are written through a temporary file and a rename, so a kill never leaves half a checkpoint.
 """
