@@ -176,12 +176,15 @@ class SpeechRecognizer:
             one_window = len(audio) <= self._model.feature_extractor.n_samples
             models = self._models if one_window else self._models[:1]
             heard = [self._recognise(model, audio) for model in models]
-            texts = [raw for raw, _ in heard]
-            if len(set(" ".join(t.split()) for t in texts)) > 1:
+            first: dict[str, int] = {}     # each distinct transcript (spacing aside) -> the first model to hear it
+            for i, (raw, _) in enumerate(heard):
+                first.setdefault(" ".join(raw.split()), i)
+            words = heard[0][1]
+            if len(first) > 1:
+                picks = list(first.values())
+                texts = [heard[i][0] for i in picks]
                 scores = np.sum([self._log_probs(model, audio, texts) for model in models], axis=0)
-                words = heard[int(np.argmax(scores))][1]   # first best on a tie: the primary model
-            else:
-                words = heard[0][1]
+                words = heard[picks[int(np.argmax(scores))]][1]   # first best on a tie: the primary model's
         except Exception as e:
             raise ExtractionError(f"speech recognition failed ({self.name}): {' '.join(str(e).split())[:200]}") from e
         words = sanitize_words(words, len(audio) / ASR_SAMPLE_RATE)

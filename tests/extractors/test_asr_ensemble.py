@@ -5,15 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from extractors.asr import ASR_SAMPLE_RATE as SR
 from extractors.asr import SpeechRecognizer, asr_versions
 from extractors.decode import load_audio
 from extractors.errors import ModelLoadError
 from pipeline.config import AsrConfig
 
 ENSEMBLE = AsrConfig(model="builtin:base", ensemble=["builtin:tiny.en"])
-
-
-SR = 16000
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +58,20 @@ def test_a_clip_longer_than_one_window_keeps_the_first_models_words(ensemble, al
     first = alone[0].transcribe(long, SR)
     assert [w.text for w in ensemble.transcribe(long, SR)] == [w.text for w in first]
     assert sum(w.text.lower() == "degree" for w in first) >= 6            # heard across both windows
+
+
+def test_a_transcript_heard_by_two_models_is_scored_once(real_speech, monkeypatch) -> None:
+    """Three models, two of them alike: each scoring pass sees the two distinct transcripts, not three,
+    and the right one is still kept."""
+    three = SpeechRecognizer(AsrConfig(model="builtin:base", ensemble=["builtin:tiny.en", "builtin:tiny.en"]))
+    path, said = real_speech
+    scored: list[list[str]] = []
+    real = three._log_probs
+
+    def counting(model, audio, texts):
+        scored.append(list(texts))
+        return real(model, audio, texts)
+    monkeypatch.setattr(three, "_log_probs", counting)
+    words = three.transcribe(load_audio(path, SR), SR)
+    assert len(scored) == 3 and all(len(texts) == 2 for texts in scored), scored
+    assert [w.text.lower() for w in words] == said.split()
