@@ -123,13 +123,15 @@ def folds_of(specs: list, k: int = 6, by: str = "voice") -> list[list]:
     keys = by.split("+")
     if not keys or any(key not in GROUPS for key in keys):
         raise ValueError(f"folds by {' or '.join(map(repr, GROUPS))} (or two joined by '+'), not {by!r}")
+    groups = [sorted({GROUPS[key](s) for s in pool}) for key in keys]
     out = []
-    for i in range(min(k, *(len({GROUPS[key](s) for s in pool}) for key in keys))):
-        held_groups = [set(sorted({GROUPS[key](s) for s in pool})[i::k]) for key in keys]
-        inside = {s.clip_id: [GROUPS[key](s) in g for key, g in zip(keys, held_groups)] for s in pool}
-        held = {s.video_id for s in pool if all(inside[s.clip_id])}
-        left_out = {s.video_id for s in pool if any(inside[s.clip_id]) and not all(inside[s.clip_id])}
-        if any(s.video_id in held and not all(inside[s.clip_id]) for s in pool):
+    for i in range(min(k, *map(len, groups))):
+        held_groups = [set(g[i::k]) for g in groups]
+        # per clip: in how many of the held-out groups it lies (all: held out; some: in no split)
+        inside = {s.clip_id: sum(GROUPS[key](s) in g for key, g in zip(keys, held_groups)) for s in pool}
+        held = {s.video_id for s in pool if inside[s.clip_id] == len(keys)}
+        left_out = {s.video_id for s in pool if 0 < inside[s.clip_id] < len(keys)}
+        if any(s.video_id in held and inside[s.clip_id] < len(keys) for s in pool):
             raise SystemExit(f"sentences of the clips in {[sorted(g) for g in held_groups]} have other clips "
                              f"too: set demo.voices_per_sentence = 1 for this cross-validation")
         rest = sorted({s.video_id for s in pool} - held - left_out)
@@ -155,10 +157,11 @@ def main() -> int:
                              "voice has, as the test split's), face identities (unseen faces), or accents "
                              "and identities together (as the test split)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="training seeds per fold")
-    parser.add_argument("--heard-training", action="store_true",
+    reading = parser.add_mutually_exclusive_group()   # which words the clips are read with
+    reading.add_argument("--heard-training", action="store_true",
                         help="train on what the recogniser hears in the training clips as well, instead of "
                              "their transcripts (both ways, the held-out clips are heard)")
-    parser.add_argument("--given-words", action="store_true",
+    reading.add_argument("--given-words", action="store_true",
                         help="read the held-out clips with the words spoken instead of what the recogniser "
                              "hears: what a perfect recogniser would give (a bound, not a demo setting)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
