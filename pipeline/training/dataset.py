@@ -313,10 +313,7 @@ class Normalizer:
         in these samples) gets std 1: it is only centred, so a small variation elsewhere is not blown
         up by a tiny divisor.  A modality without any data frame gets mean 0 and std 1.
         """
-        missing = sorted(set(clip_baseline) - set(modalities))
-        if missing:
-            raise ValueError(f"clip_baseline names {missing}, but the normaliser fits only {sorted(modalities)}")
-        columns = cls._columns(baseline_columns or {}, clip_baseline, {})
+        columns = cls._columns(baseline_columns or {}, clip_baseline, {})   # dims are checked by cls(...)
 
         def data(s: dict, name: str) -> np.ndarray:
             x, rows = cls._data(s, name, name in clip_baseline, columns=columns.get(name))

@@ -414,11 +414,11 @@ class Trainer:
         start = time.perf_counter()
         lr = float(self.optimizer.param_groups[0]["lr"])
         train_losses = self._train_epoch(epoch)
+        p = self.progress
         with self._averaged():                    # validated, and kept as best, with averaged weights
             metrics, res = self._validate(desc=f"valid {epoch + 1}")
             value = res.losses.get("total", math.nan) if t.val_metric == "loss" else metrics[t.val_metric]
             value = float(value)
-            p = self.progress
             improved = is_better(t.val_metric, value, p["best"])
             if improved:
                 p.update(best=value, best_epoch=epoch + 1, bad_epochs=0)
