@@ -15,7 +15,8 @@ sentences whose "not"/"n't"/"never"/"no" words were not all recognised.
 
     PYTHONPATH=$PWD python3 bench/asr_eval.py --models builtin:tiny.en builtin:base builtin:base@float32
 
-``MODEL@TYPE`` runs a model with another CPU compute type (extract.asr.compute_type; default int8);
+``moonshine:base`` alone is Moonshine's text (extractors/moonshine.py; it can hear only beside a Whisper
+model in the pipeline, which times its words).  ``MODEL@TYPE`` runs a model with another CPU compute type (extract.asr.compute_type; default int8);
 ``MODEL+OTHER`` runs MODEL with the ensemble OTHER (extract.asr.ensemble: the transcript heard by either
 that both models together find most probable).  ``--rounds N`` speaks every sentence N times, each time in
 another voice and at another rate (N x 48 recordings).
@@ -130,6 +131,8 @@ def main() -> None:
     ap.add_argument("--show-errors", action="store_true", help="print every sentence that was not exact")
     args = ap.parse_args()
     from extractors.asr import SpeechRecognizer
+    from extractors.moonshine import MoonshineListener, is_moonshine
+    from extractors.words import Word
     from pipeline.config import AsrConfig
 
     items = make_set(args.workdir, args.rounds)
@@ -145,14 +148,21 @@ def main() -> None:
         models, _, ctype = spec.partition("@")
         model, *ensemble = models.split("+")
         t0 = time.perf_counter()
-        rec = SpeechRecognizer(AsrConfig(model=model, ensemble=ensemble, compute_type=ctype or "int8"))
+        if is_moonshine(model) and not ensemble:       # Moonshine alone: its text (it gives no word times)
+            listener = MoonshineListener(model)
+
+            def transcribe(a: np.ndarray, _rate: int, listener: MoonshineListener = listener) -> list[Word]:
+                return [Word(w, 0.0, 0.0) for w in listener.hear(a).split()]
+        else:
+            transcribe = SpeechRecognizer(AsrConfig(model=model, ensemble=ensemble,
+                                                    compute_type=ctype or "int8")).transcribe
         load = time.perf_counter() - t0
         errors = words = exact = neg_err = 0
         spent = 0.0
         wrong = []
         for (text, voice, rate, _), a in zip(items, audio):
             t0 = time.perf_counter()
-            heard = " ".join(w.text for w in rec.transcribe(a, SR))
+            heard = " ".join(w.text for w in transcribe(a, SR))
             spent += time.perf_counter() - t0
             ref, hyp = scoring_words(text), scoring_words(heard)
             e, _ = word_errors(text, heard)

@@ -23,7 +23,11 @@ of its tokens given the audio) and the transcript with the highest log-probabili
 models is kept, with the word times of the model that heard it (a clip longer than one Whisper window,
 30 s, keeps the first model's transcript: a whole transcript cannot be scored in one window).  Two
 models rarely make the same mistake with confidence: Whisper base with tiny.en makes 15% fewer word
-errors than base alone on espeak-ng speech (bench/asr_eval.py, BENCHMARKS.md).
+errors than base alone on espeak-ng speech (bench/asr_eval.py, BENCHMARKS.md).  The ensemble may also
+name ``moonshine:base`` (:mod:`extractors.moonshine`), a recogniser of another family that only hears:
+its transcript joins the scoring (unless a Whisper model heard the same words), and when it wins its
+words are timed by forced alignment with the first model (:meth:`SpeechRecognizer.align`); when they
+cannot be timed, the best transcript a Whisper model heard is kept.
 """
 from __future__ import annotations
 
@@ -37,7 +41,8 @@ import numpy as np
 from extractors.packaged_models import (builtin_model, builtin_versions, joined_model, model_load_error,
                                        package_version)
 from extractors.errors import ExtractionError, ModelLoadError
-from extractors.words import Word, clean_word, retime_collapsed_words, sanitize_words, voiced_mask
+from extractors.moonshine import MoonshineListener, is_moonshine, moonshine_versions
+from extractors.words import Word, clean_word, retime_collapsed_words, sanitize_words, scoring_words, voiced_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import AsrConfig
@@ -88,6 +93,7 @@ def asr_versions(cfg: "AsrConfig", device: str) -> dict[str, str]:
     out = {dist: package_version(dist) for dist in ("faster-whisper", "ctranslate2")}
     for model in cfg.models:
         out.update(builtin_versions(model, BUILTIN_MODELS))
+        out.update(moonshine_versions(model))
         for _module, dist in SPLIT_MODELS.get(model, ("", ()))[1]:
             out[dist] = package_version(dist)
     out["compute_type"] = effective_compute_type(cfg, device)
@@ -155,10 +161,23 @@ class SpeechRecognizer:
         self.compute_type = effective_compute_type(cfg, device)
         self.version = (f"faster-whisper {package_version('faster-whisper')}; "
                         f"ctranslate2 {package_version('ctranslate2')}; {self.compute_type}")
-        loaded = [_load(model, device, self.compute_type) for model in cfg.models]
-        self._models = [model for model, _ in loaded]      # the first is the primary model
+        if is_moonshine(cfg.model):
+            raise ModelLoadError(f"ASR model '{cfg.model}' gives no word times and cannot be the first "
+                                 f"recogniser: name it in extract.asr.ensemble, after a Whisper model")
+        names = []
+        self._models = []           # the Whisper models: the first is the primary model; they all score
+        self._listeners = []        # models that only hear (Moonshine): their transcripts join the scoring
+        for model in cfg.models:
+            if is_moonshine(model):
+                listener = MoonshineListener(model)
+                self._listeners.append(listener)
+                names.append(listener.name)
+            else:
+                whisper, name = _load(model, device, self.compute_type)
+                self._models.append(whisper)
+                names.append(name)
         self._model = self._models[0]
-        self.name = " + ".join(name for _, name in loaded)
+        self.name = " + ".join(names)
         log.info("loaded ASR model %s on %s (%s)", self.name, device, self.compute_type)
 
     def transcribe(self, audio: np.ndarray, sample_rate: int) -> list[Word]:
@@ -175,7 +194,9 @@ class SpeechRecognizer:
             # the ensemble hears clips of one Whisper window (30 s); a longer one keeps the first model's words
             one_window = len(audio) <= self._model.feature_extractor.n_samples
             models = self._models if one_window else self._models[:1]
-            heard = [self._recognise(model, audio) for model in models]
+            heard: list[tuple[str, list[Word] | None]] = [self._recognise(model, audio) for model in models]
+            if one_window:
+                heard += self._listened(audio, heard)
             first: dict[str, int] = {}     # each distinct transcript (spacing aside) -> the first model to hear it
             for i, (raw, _) in enumerate(heard):
                 first.setdefault(" ".join(raw.split()), i)
@@ -184,11 +205,29 @@ class SpeechRecognizer:
                 picks = list(first.values())
                 texts = [heard[i][0] for i in picks]
                 scores = np.sum([self._log_probs(model, audio, texts) for model in models], axis=0)
-                words = heard[picks[int(np.argmax(scores))]][1]   # first best on a tie: the primary model's
+                for k in np.argsort(-scores, kind="stable"):       # first best on a tie: the primary model's
+                    raw, words = heard[picks[int(k)]]
+                    if words is None:       # a listener's transcript: Whisper times its words
+                        words = self.align([w for w in map(clean_word, raw.split()) if w], audio, ASR_SAMPLE_RATE)
+                    if words is not None:
+                        break
         except Exception as e:
             raise ExtractionError(f"speech recognition failed ({self.name}): {' '.join(str(e).split())[:200]}") from e
         words = sanitize_words(words, len(audio) / ASR_SAMPLE_RATE)
         return retime_collapsed_words(words, audio, ASR_SAMPLE_RATE)
+
+    def _listened(self, audio: np.ndarray, heard: list[tuple[str, Any]]) -> list[tuple[str, None]]:
+        """What the listeners (Moonshine) hear in 16 kHz ``audio``, as ``(text, None)``: no word times
+        yet.  A transcript with the same words as one a Whisper model heard is left out (it would
+        only be timed again), and so is an empty one."""
+        known = {tuple(scoring_words(raw)) for raw, _ in heard}
+        out = []
+        for listener in self._listeners:
+            text = listener.hear(audio)
+            if scoring_words(text) and tuple(scoring_words(text)) not in known:
+                known.add(tuple(scoring_words(text)))
+                out.append((" " + text, None))      # Whisper's raw text starts with a space, as it tokenises
+        return out
 
     def _recognise(self, model: Any, audio: np.ndarray) -> tuple[str, list[Word]]:
         """What ``model`` hears in 16 kHz ``audio``: its raw text (as it tokenises it) and its words."""

@@ -80,6 +80,14 @@ class AsrConfig(_Section):
     sources: list[Literal["sidecar", "labels", "asr"]] = ["sidecar", "labels", "asr"]
     ensemble: list[str] = []
 
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if v.startswith("moonshine:"):
+            raise PydanticCustomError("asr_listener", "a Moonshine model gives no word times and cannot be the first "
+                                      "recogniser: name it in <extract.asr.ensemble>, after a Whisper model")
+        return v
+
     @property
     def models(self) -> list[str]:
         """Every recogniser that hears a clip: ``model``, then the ``ensemble``."""
@@ -284,6 +292,8 @@ class DemoConfig(_Section):
             raise PydanticCustomError("demo_sentences", "expected 0 (all sentences) or at least {least}",
                                       {"least": MIN_DEMO_SENTENCES})
         return value
+
+    _asr_model = field_validator("asr_model")(AsrConfig._model.__func__)
 
     @model_validator(mode="after")
     def _heads(self) -> "DemoConfig":

