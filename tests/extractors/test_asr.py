@@ -111,15 +111,20 @@ OFFLINE_SNIPPET = textwrap.dedent("""
     from extractors.decode import load_audio
     from extractors.text import TextEncoder
     from pipeline.config import AsrConfig, TextConfig
-    words = SpeechRecognizer(AsrConfig()).transcribe(load_audio(Path(sys.argv[1]), 16000), 16000)
+    from extractors.moonshine import MoonshineListener
+    from extractors.words import scoring_words
+    audio = load_audio(Path(sys.argv[1]), 16000)
+    words = SpeechRecognizer(AsrConfig()).transcribe(audio, 16000)
     feats = TextEncoder(TextConfig()).encode([w.text for w in words])
     print("WORDS", " ".join(w.text.lower() for w in words))
+    print("MOONSHINE", " ".join(scoring_words(MoonshineListener("moonshine:base").hear(audio))))
     print("DIM", feats.features.shape[1], "TOKENS", feats.features.shape[0])
 """)
 
 
 def test_defaults_load_and_run_without_network(speech_clip: Path) -> None:
-    """The default recogniser and text encoder load and run with the network cut (unshare -n)."""
+    """The default recogniser and text encoder, and Moonshine (an ensemble member), load and run with the
+    network cut (unshare -n)."""
     unshare = shutil.which("unshare")
     if unshare is None:
         pytest.skip("unshare is not installed")
@@ -130,7 +135,9 @@ def test_defaults_load_and_run_without_network(speech_clip: Path) -> None:
     proc = subprocess.run([unshare, "-rn", sys.executable, "-c", OFFLINE_SNIPPET, str(speech_clip)],
                           capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.startswith(("WORDS", "DIM")))
-    heard = lines["WORDS"].split()
-    assert sum(w in heard for w in SPOKEN) >= 0.8 * len(SPOKEN)
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines()
+                 if line.startswith(("WORDS", "DIM", "MOONSHINE")))
+    for key in ("WORDS", "MOONSHINE"):
+        heard = lines[key].split()
+        assert sum(w in heard for w in SPOKEN) >= 0.8 * len(SPOKEN), (key, heard)
     assert lines["DIM"].startswith("384 TOKENS")
