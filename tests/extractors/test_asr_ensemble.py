@@ -60,18 +60,12 @@ def test_a_clip_longer_than_one_window_keeps_the_first_models_words(ensemble, al
     assert sum(w.text.lower() == "degree" for w in first) >= 6            # heard across both windows
 
 
-def test_a_transcript_heard_by_two_models_is_scored_once(real_speech, monkeypatch) -> None:
+def test_a_transcript_heard_by_two_models_is_scored_once(real_speech, scoring_passes) -> None:
     """Three models, two of them alike: each scoring pass sees the two distinct transcripts, not three,
     and the right one is still kept."""
     three = SpeechRecognizer(AsrConfig(model="builtin:base", ensemble=["builtin:tiny.en", "builtin:tiny.en"]))
     path, said = real_speech
-    scored: list[list[str]] = []
-    real = three._log_probs
-
-    def counting(model, audio, texts):
-        scored.append(list(texts))
-        return real(model, audio, texts)
-    monkeypatch.setattr(three, "_log_probs", counting)
+    scored = scoring_passes(three)
     words = three.transcribe(load_audio(path, SR), SR)
     assert len(scored) == 3 and all(len(texts) == 2 for texts in scored), scored
     assert [w.text.lower() for w in words] == said.split()

@@ -44,17 +44,11 @@ def test_the_ensemble_is_named_and_versioned_with_moonshine(three) -> None:
     assert "moonshine-cpp" not in asr_versions(AsrConfig(model="builtin:base", ensemble=["builtin:tiny.en"]), "cpu")
 
 
-def test_words_a_whisper_model_heard_too_are_not_scored_again(three, real_speech, monkeypatch) -> None:
+def test_words_a_whisper_model_heard_too_are_not_scored_again(three, real_speech, scoring_passes) -> None:
     """Moonshine hears what tiny.en hears (capitals and full stop aside): the scoring passes see the
     two distinct transcripts (base's and tiny.en's), not Moonshine's copy, and the right one is kept."""
     path, said = real_speech
-    scored: list[list[str]] = []
-    real = three._log_probs
-
-    def counting(model, audio, texts):
-        scored.append(list(texts))
-        return real(model, audio, texts)
-    monkeypatch.setattr(three, "_log_probs", counting)
+    scored = scoring_passes(three)
     words = three.transcribe(load_audio(path, SR), SR)
     assert len(scored) == 2 and all(len(texts) == 2 for texts in scored), scored
     assert [w.text.lower() for w in words] == said.split()
