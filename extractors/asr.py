@@ -224,8 +224,9 @@ class SpeechRecognizer:
         out = []
         for listener in self._listeners:
             text = listener.hear(audio)
-            if scoring_words(text) and tuple(scoring_words(text)) not in known:
-                known.add(tuple(scoring_words(text)))
+            said = tuple(scoring_words(text))
+            if said and said not in known:
+                known.add(said)
                 out.append((" " + text, None))      # Whisper's raw text starts with a space, as it tokenises
         return out
 
