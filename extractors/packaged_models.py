@@ -90,7 +90,7 @@ def model_load_error(what: str, model: str, target: str, error: Exception, offli
         f"local model folder, or use '{offline_default}'")
 
 
-def _package_dir(module: str) -> Path | None:
+def package_dir(module: str) -> Path | None:
     """The folder of an installed package, found without importing it (None when absent)."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
@@ -122,7 +122,7 @@ def joined_model(model: str, parts: tuple[tuple[str, str], ...], what: str) -> t
     """
     dirs, versions = [], []
     for module, dist in parts:
-        folder = _package_dir(module)
+        folder = package_dir(module)
         if folder is None or not (folder / "data").is_dir():
             names = " ".join(d for _, d in parts)
             raise ModelLoadError(f"{what} '{model}' needs the packages {names} "

@@ -95,7 +95,7 @@ def test_moonshine_cannot_be_the_first_recogniser() -> None:
 def test_a_missing_moonshine_package_or_model_is_named(monkeypatch) -> None:
     with pytest.raises(ModelLoadError, match="moonshine:tiny.*unknown"):
         MoonshineListener("moonshine:tiny")
-    monkeypatch.setattr(moonshine, "_package_dir", lambda module: None)
+    monkeypatch.setattr(moonshine, "package_dir", lambda module: None)
     with pytest.raises(ModelLoadError, match="needs the 'moonshine-cpp' package"):
         MoonshineListener("moonshine:base")
 
