@@ -75,12 +75,17 @@ def test_a_winning_moonshine_transcript_is_timed_by_forced_alignment(real_speech
 
 def test_a_moonshine_transcript_that_cannot_be_timed_gives_way(real_speech, monkeypatch) -> None:
     """When forced alignment cannot time the winning Moonshine transcript, the best Whisper one is kept."""
-    path, _ = real_speech
+    path, said = real_speech
     audio = load_audio(path, SR)
     rec = SpeechRecognizer(AsrConfig(model="builtin:base", ensemble=["moonshine:base"]))
-    monkeypatch.setattr(rec, "_log_probs", lambda model, audio, texts: np.arange(len(texts), dtype=float))
-    monkeypatch.setattr(rec, "align", lambda words, audio, rate: None)
-    assert "separative" in [w.text.lower() for w in rec.transcribe(audio, SR)]
+    scored, timed = [], []
+    monkeypatch.setattr(rec, "_log_probs", lambda model, audio, texts: scored.append(texts) or
+                        np.arange(len(texts), dtype=float))          # the last (Moonshine's) scores best
+    monkeypatch.setattr(rec, "align", lambda words, audio, rate: timed.append(words))
+    heard = [w.text.lower() for w in rec.transcribe(audio, SR)]
+    assert len(scored) == 1 and len(scored[0]) == 2                # base's and Moonshine's transcripts
+    assert [[w.lower() for w in words] for words in timed] == [said.split()]   # Moonshine's was tried first
+    assert "separative" in heard and "superlative" not in heard   # then base's was kept
 
 
 def test_moonshine_cannot_be_the_first_recogniser() -> None:
