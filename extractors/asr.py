@@ -18,7 +18,7 @@ Model names (``AsrConfig.model``):
 On CUDA the model runs in float16 (``AsrConfig.compute_type`` is the CPU compute type).
 
 ``AsrConfig.ensemble`` names further models (same forms) that hear each clip too.  When they hear
-different words, every model scores every distinct transcript heard (forced decoding: the log-probability
+different words, every Whisper model scores every distinct transcript heard (forced decoding: the log-probability
 of its tokens given the audio) and the transcript with the highest log-probability summed over the
 models is kept, with the word times of the model that heard it (a clip longer than one Whisper window,
 30 s, keeps the first model's transcript: a whole transcript cannot be scored in one window).  Two
