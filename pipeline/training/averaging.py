@@ -51,9 +51,9 @@ class WeightAverage:
         return {"decay": self.decay, "updates": self.updates, "weights": self.shadow}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        missing = set(self.shadow) ^ set(state["weights"])
-        if missing:
-            raise ValueError(f"the saved weight average does not fit this model ({sorted(missing)[:3]} ...)")
+        differ = set(self.shadow) ^ set(state["weights"])     # entries in one but not the other
+        if differ:
+            raise ValueError(f"the saved weight average does not fit this model ({sorted(differ)[:3]} ...)")
         self.updates = int(state["updates"])
         for k, v in state["weights"].items():
             self.shadow[k].copy_(v)
