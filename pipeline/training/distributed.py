@@ -111,6 +111,12 @@ def setup(device: str) -> Dist:
     backend = "nccl" if cuda else "gloo"
     if cuda:
         torch.cuda.set_device(local_rank)
+    # torch.distributed.nn.functional binds group.WORLD as a default argument when it is first imported,
+    # and DDP imports it: imported after init_process_group, it would hold the group for the life of the
+    # process, so destroy_process_group could not free it and the group's native threads (gloo's, and
+    # rank 0's TCPStore server) would still run while the interpreter exits, which now and then ended a
+    # finished run with "terminate called without an active exception".  Imported first, it binds None.
+    import torch.distributed.nn  # noqa: F401
     if not dist.is_initialized():
         dist.init_process_group(backend)
     _STATE = Dist(rank=rank, world=world, local_rank=local_rank, backend=backend)
@@ -122,14 +128,17 @@ def setup(device: str) -> Dist:
 
 
 def teardown() -> None:
-    """Leave the process group (after the last collective)."""
+    """Leave the process group (after the last collective); the group's threads end here, not at exit."""
     global _STATE
     if _STATE.enabled:
+        import gc
+
         import torch.distributed as dist
 
         from dhmd.keep_apply import shutdown
 
         shutdown()          # the dropout kernels' threads end before gloo's
+        gc.collect()        # a DDP module left in a reference cycle holds the group through its reducer
         if dist.is_initialized():
             dist.destroy_process_group()
     _STATE = Dist()

@@ -122,6 +122,44 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
         assert results["valid"][name] == pytest.approx(value, rel=1e-6, abs=1e-6), name
 
 
+# One rank of a 2-process group: a DDP module, one backward, one gather, teardown; prints the native
+# threads of the process (their names) while in the group and after leaving it.
+_RANK_SCRIPT = """
+import os, torch
+from pipeline.training import distributed
+def threads():
+    return sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+distributed.setup("cpu")
+model = distributed.wrap_model(torch.nn.Linear(4, 1), "cpu")
+model(torch.ones(2, 4)).sum().backward()
+distributed.all_gather(distributed.current().rank)
+inside = threads()
+del model                   # as train does: the run's objects are gone before teardown
+distributed.teardown()
+print(",".join(inside) + "|" + ",".join(threads()))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc (Linux) to list threads")
+def test_leaving_the_group_ends_its_threads(tmp_path: Path) -> None:
+    # The group's native threads (gloo's, rank 0's TCPStore server) must end in teardown: left running
+    # while the interpreter exits, they now and then aborted a finished run ("terminate called without an
+    # active exception", exit 250 in CI).  DDP imports torch.distributed.nn, whose functions bind the
+    # group as a default argument when first imported; imported after the group was made, that kept it.
+    from pipeline.training.distributed import _free_port
+
+    env = {**_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    procs = [subprocess.Popen([sys.executable, "-c", _RANK_SCRIPT], env={**env, "RANK": str(r)}, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(2)]
+    for rank, proc in enumerate(procs):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        inside, after = (part.split(",") for part in out.strip().splitlines()[-1].split("|"))
+        group_threads = [n for n in inside if "gloo" in n or "tcpstore" in n]
+        assert group_threads, inside            # the group did run threads of its own
+        assert not [n for n in after if "gloo" in n or "tcpstore" in n], (rank, after)
+
+
 @pytest.mark.slow        # three 2-process runs
 def test_killed_distributed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     data = make_pickle(tmp_path / "d.pkl", n_train=160, seed=3)
