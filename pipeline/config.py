@@ -85,7 +85,8 @@ class AsrConfig(_Section):
     def _model(cls, v: str) -> str:
         if v.startswith("moonshine:"):
             raise PydanticCustomError("asr_listener", "a Moonshine model gives no word times and cannot be the first "
-                                      "recogniser: name it in <extract.asr.ensemble>, after a Whisper model")
+                                      "recogniser: name it in the ensemble after a Whisper model "
+                                      "(extract.asr.ensemble, or demo.asr_ensemble for the demo)")
         return v
 
     @property

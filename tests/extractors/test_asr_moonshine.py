@@ -91,7 +91,7 @@ def test_a_moonshine_transcript_that_cannot_be_timed_gives_way(real_speech, monk
 def test_moonshine_cannot_be_the_first_recogniser() -> None:
     with pytest.raises(ConfigError, match="no word times"):
         load_config(None, ['extract.asr.model="moonshine:base"'])
-    with pytest.raises(ConfigError, match="demo.asr_model"):
+    with pytest.raises(ConfigError, match="demo.asr_model.*demo.asr_ensemble"):
         load_config(None, ['demo.asr_model="moonshine:base"'])
     with pytest.raises(ModelLoadError, match="no word times"):
         SpeechRecognizer(AsrConfig.model_construct(model="moonshine:base", ensemble=[]))
