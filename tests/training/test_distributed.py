@@ -123,41 +123,55 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
 
 
 # One rank of a 2-process group: a DDP module, one backward, one gather, teardown; prints the native
-# threads of the process (their names) while in the group and after leaving it.
+# threads of the process (their names) while in the group and after leaving it.  The module is left in
+# a reference cycle that only the garbage collector frees (automatic collection off), as a finished
+# Trainer sometimes is on rank 0.
 _RANK_SCRIPT = """
-import os, torch
+import gc, os, torch
 from pipeline.training import distributed
 def threads():
     return sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+gc.disable()
 distributed.setup("cpu")
 model = distributed.wrap_model(torch.nn.Linear(4, 1), "cpu")
 model(torch.ones(2, 4)).sum().backward()
 distributed.all_gather(distributed.current().rank)
 inside = threads()
-del model                   # as train does: the run's objects are gone before teardown
+run = {"model": model}
+run["run"] = run
+del model, run
 distributed.teardown()
 print(",".join(inside) + "|" + ",".join(threads()))
 """
 
 
+def _group_threads(names: list[str]) -> list[str]:
+    return [n for n in names if "gloo" in n or "tcpstore" in n]
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc (Linux) to list threads")
-def test_leaving_the_group_ends_its_threads(tmp_path: Path) -> None:
+def test_leaving_the_group_ends_its_threads() -> None:
     # The group's native threads (gloo's, rank 0's TCPStore server) must end in teardown: left running
     # while the interpreter exits, they now and then aborted a finished run ("terminate called without an
-    # active exception", exit 250 in CI).  DDP imports torch.distributed.nn, whose functions bind the
-    # group as a default argument when first imported; imported after the group was made, that kept it.
+    # active exception", exit 250 in CI).  Two things kept the group: DDP imports torch.distributed.nn,
+    # whose functions bind the group as a default argument when first imported (setup imports it
+    # first), and a DDP module not yet collected holds it through its reducer (teardown collects).
     from pipeline.training.distributed import _free_port
 
     env = {**_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
     procs = [subprocess.Popen([sys.executable, "-c", _RANK_SCRIPT], env={**env, "RANK": str(r)}, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(2)]
-    for rank, proc in enumerate(procs):
-        out, err = proc.communicate(timeout=120)
+    try:
+        results = [proc.communicate(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    for rank, (proc, (out, err)) in enumerate(zip(procs, results)):
         assert proc.returncode == 0, err
         inside, after = (part.split(",") for part in out.strip().splitlines()[-1].split("|"))
-        group_threads = [n for n in inside if "gloo" in n or "tcpstore" in n]
-        assert group_threads, inside            # the group did run threads of its own
-        assert not [n for n in after if "gloo" in n or "tcpstore" in n], (rank, after)
+        assert _group_threads(inside), inside            # the group did run threads of its own
+        assert not _group_threads(after), (rank, after)
 
 
 @pytest.mark.slow        # three 2-process runs
