@@ -16,7 +16,8 @@ sentences whose "not"/"n't"/"never"/"no" words were not all recognised.
     PYTHONPATH=$PWD python3 bench/asr_eval.py --models builtin:tiny.en builtin:base builtin:base@float32
 
 ``moonshine:base`` alone is Moonshine's text (extractors/moonshine.py; it can hear only beside a Whisper
-model in the pipeline, which times its words).  ``MODEL@TYPE`` runs a model with another CPU compute type (extract.asr.compute_type; default int8);
+model in the pipeline, which times its words).  ``MODEL@TYPE`` runs a model with another CPU compute
+type (extract.asr.compute_type; default int8);
 ``MODEL+OTHER`` runs MODEL with the ensemble OTHER (extract.asr.ensemble: the transcript heard by either
 that both models together find most probable).  ``--rounds N`` speaks every sentence N times, each time in
 another voice and at another rate (N x 48 recordings).

@@ -7,15 +7,14 @@ import os
 import numpy as np
 import pytest
 
+from extractors import moonshine
 from extractors.asr import ASR_SAMPLE_RATE as SR
 from extractors.asr import SpeechRecognizer, asr_versions
 from extractors.decode import load_audio
 from extractors.errors import ModelLoadError
-from extractors import moonshine
 from extractors.moonshine import MoonshineListener
 from extractors.words import scoring_words
-from pipeline.config import AsrConfig, load_config
-from pipeline.config import ConfigError
+from pipeline.config import AsrConfig, ConfigError, load_config
 
 WITH_MOONSHINE = AsrConfig(model="builtin:base", ensemble=["builtin:tiny.en", "moonshine:base"])
 
